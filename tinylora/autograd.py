@@ -70,10 +70,10 @@ class Function:
         self.freed = False
 
     def save_for_backward(self, *arrays):
-        """Keep `arrays` until backward has used them (counted as 'saved' memory)."""
+        """Keep `arrays` until backward has used them (counted as 'saved' memory meanwhile)."""
         for a in arrays:
             if a is not None:
-                memory.track(a, "saved")
+                memory.hold_for_backward(a)
         self.saved = arrays
 
     def forward(self, *arrays, **options):
@@ -84,9 +84,19 @@ class Function:
 
     def release(self):
         """Drop everything backward needed: called as soon as backward has passed this node."""
+        for a in self.saved:
+            if a is not None:
+                memory.drop_for_backward(a)
         self.saved = ()
         self.parents = ()
         self.freed = True
+
+    def __del__(self):
+        # a graph dropped without backward (e.g. an evaluation forward) gives its saved arrays back too
+        if self.saved and memory is not None:  # (memory is None only at interpreter shutdown)
+            for a in self.saved:
+                if a is not None:
+                    memory.drop_for_backward(a)
 
     @property
     def name(self) -> str:

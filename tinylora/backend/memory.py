@@ -14,6 +14,7 @@ hands out with one category:
 An array is counted once, by its underlying buffer: a view (a transpose, a
 reshape) of a counted array adds nothing. When one buffer gets two tags, the
 first in the list above wins (a weight saved for backward is still a parameter).
+An activation counts as 'saved' only while some op node holds it for backward.
 A buffer stops counting the moment it is freed (a weakref finalizer fires).
 
 What is *not* counted: temporaries that live only inside one op's forward or
@@ -45,40 +46,74 @@ class MemoryTracker:
 
     def __init__(self):
         self.enabled = True
-        self._entries: dict[int, list] = {}  # id(buffer) -> [nbytes, category]
+        # id(buffer) -> [nbytes, own category, number of op nodes holding it for backward]
+        self._entries: dict[int, list] = {}
         self.current = {name: 0 for name in CATEGORIES}
         self.peak_total = 0
-        self.peak_split = dict(self.current)
+        self.peak_split = dict(self.current)  # the split at the moment of the total's peak
+        self.category_peak = dict(self.current)  # each category's own highest value
+
+    @staticmethod
+    def _effective(entry) -> str:
+        """An array held by a node counts as 'saved' unless its own category ranks higher (parameters...)."""
+        if entry[2] > 0 and _RANK["saved"] < _RANK[entry[1]]:
+            return "saved"
+        return entry[1]
+
+    def _entry(self, array, category):
+        buffer = _base_buffer(array)
+        key = id(buffer)
+        entry = self._entries.get(key)
+        if entry is None:
+            try:
+                weakref.finalize(buffer, self._release, key)
+            except TypeError:  # not weak-referenceable (should not happen for ndarrays)
+                return None
+            entry = self._entries[key] = [int(buffer.nbytes), category, 0]
+            self.current[category] += entry[0]
+            self._update_peak()
+        return entry
+
+    def _retag(self, entry, change) -> None:
+        before = self._effective(entry)
+        change(entry)
+        after = self._effective(entry)
+        if after != before:
+            self.current[before] -= entry[0]
+            self.current[after] += entry[0]
+            self._update_peak()
 
     def track(self, array, category: str = "other"):
         """Count `array`'s buffer under `category` until it is freed. Returns the array."""
         if not self.enabled or not hasattr(array, "nbytes"):
             return array
-        buffer = _base_buffer(array)
-        key = id(buffer)
-        entry = self._entries.get(key)
-        if entry is not None:
-            if _RANK[category] < _RANK[entry[1]]:  # re-tag, e.g. other -> saved
-                self.current[entry[1]] -= entry[0]
-                self.current[category] += entry[0]
-                entry[1] = category
-            return array
-        try:
-            weakref.finalize(buffer, self._release, key)
-        except TypeError:  # not weak-referenceable (should not happen for ndarrays)
-            return array
-        nbytes = int(buffer.nbytes)
-        self._entries[key] = [nbytes, category]
-        self.current[category] += nbytes
-        self._update_peak()
+        entry = self._entry(array, category)
+        if entry is not None and _RANK[category] < _RANK[entry[1]]:  # e.g. other -> gradients
+            self._retag(entry, lambda e: e.__setitem__(1, category))
         return array
+
+    def hold_for_backward(self, array) -> None:
+        """An op node keeps `array` for its backward pass: count it as 'saved' while held."""
+        if self.enabled and hasattr(array, "nbytes"):
+            entry = self._entry(array, "other")
+            if entry is not None:
+                self._retag(entry, lambda e: e.__setitem__(2, e[2] + 1))
+
+    def drop_for_backward(self, array) -> None:
+        """The node let go of `array` (backward passed it, or the graph was dropped)."""
+        entry = self._entries.get(id(_base_buffer(array)))
+        if entry is not None and entry[2] > 0:
+            self._retag(entry, lambda e: e.__setitem__(2, e[2] - 1))
 
     def _release(self, key: int) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self.current[entry[1]] -= entry[0]
+            self.current[self._effective(entry)] -= entry[0]
 
     def _update_peak(self) -> None:
+        for name, value in self.current.items():
+            if value > self.category_peak[name]:
+                self.category_peak[name] = value
         total = sum(self.current.values())
         if total > self.peak_total:
             self.peak_total = total
@@ -92,14 +127,20 @@ class MemoryTracker:
         """Start a new measurement window: the peak becomes what is alive now."""
         self.peak_total = self.total()
         self.peak_split = dict(self.current)
+        self.category_peak = dict(self.current)
 
     def stats(self) -> dict:
-        """{'current': {category: bytes}, 'total': bytes, 'peak': bytes, 'peak_split': {category: bytes}}."""
+        """Bytes now and since `reset_peak()`.
+
+        current: {category: bytes} now;  total: their sum;  peak: the highest total;
+        peak_split: {category: bytes} at that moment;  category_peak: each category's own highest value.
+        """
         return {
             "current": dict(self.current),
             "total": self.total(),
             "peak": self.peak_total,
             "peak_split": dict(self.peak_split),
+            "category_peak": dict(self.category_peak),
         }
 
 
@@ -112,6 +153,8 @@ def _base_buffer(array):
 
 tracker = MemoryTracker()
 track = tracker.track
+hold_for_backward = tracker.hold_for_backward
+drop_for_backward = tracker.drop_for_backward
 stats = tracker.stats
 reset_peak = tracker.reset_peak
 total = tracker.total
