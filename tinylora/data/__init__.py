@@ -1,0 +1,26 @@
+"""Data: token batches as host NumPy int64 arrays; the training loop moves them to its device.
+
+    load_text_dataset(path, tokenizer, block_size)   (train, val) next-token windows   (text.py)
+    load_pairs(path, tokenizer, block_size)           prompt/completion, loss on the completion   (pairs.py)
+    make_e2e(n, seed), write_e2e(rows, path)          a generated E2E-style data-to-text task   (e2e.py)
+"""
+
+from .e2e import format_mr, make_e2e, parse_mr, write_e2e
+from .pairs import (
+    IGNORE_INDEX,
+    PairDataset,
+    e2e_pair,
+    encode_pair,
+    load_pairs,
+    read_e2e_csv,
+    read_jsonl,
+    read_pairs,
+    write_jsonl,
+)
+from .text import TextDataset, load_text_dataset, read_documents, split_tokens, tokenize_documents
+
+__all__ = [
+    "IGNORE_INDEX", "PairDataset", "TextDataset", "e2e_pair", "encode_pair", "format_mr", "load_pairs",
+    "load_text_dataset", "make_e2e", "parse_mr", "read_documents", "read_e2e_csv", "read_jsonl", "read_pairs",
+    "split_tokens", "tokenize_documents", "write_e2e", "write_jsonl",
+]

@@ -1,0 +1,32 @@
+"""Tokenizers: text <-> lists of token ids. Host-side code (plain Python, no tensors).
+
+    ByteTokenizer()                    one id per UTF-8 byte, + <|endoftext|> = 256   (byte.py)
+    BPETokenizer.from_directory(dir)   GPT-2's byte-level BPE from vocab.json + merges.txt   (bpe.py)
+    train_bpe(texts, vocab_size)       learn a small BPE vocabulary in the same format   (train_bpe.py)
+    load_tokenizer("byte" | dir)       pick one by name, as a command line would
+
+Every tokenizer has encode(str) -> list[int], decode(ids) -> str, vocab_size,
+and eot_id (the end-of-text id, or None if it has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bpe import EOT_TEXT, BPETokenizer, bytes_to_unicode
+from .byte import ByteTokenizer
+from .train_bpe import train_bpe
+
+
+def load_tokenizer(spec):
+    """"byte" -> ByteTokenizer(); a directory with vocab.json + merges.txt -> BPETokenizer; a tokenizer -> itself."""
+    if hasattr(spec, "encode") and hasattr(spec, "decode"):
+        return spec
+    if spec == "byte":
+        return ByteTokenizer()
+    if Path(spec).is_dir():
+        return BPETokenizer.from_directory(spec)
+    raise ValueError(f"unknown tokenizer {spec!r}: use 'byte' or a directory holding vocab.json and merges.txt")
+
+
+__all__ = ["EOT_TEXT", "BPETokenizer", "ByteTokenizer", "bytes_to_unicode", "load_tokenizer", "train_bpe"]
