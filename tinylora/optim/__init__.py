@@ -1,6 +1,20 @@
-"""Optimizers. Each keeps state only for parameters that require grad, and updates in place."""
+"""Optimizers, learning-rate schedules and gradient clipping.
 
+    SGD, Adam, AdamW          keep state only for trainable parameters and update it in place
+    LRScheduler, lr_at        linear warm-up, then cosine / linear / no decay
+    clip_grad_norm_           scale all gradients so their global L2 norm is at most max_norm
+
+A training step:
+
+    loss.backward()
+    clip_grad_norm_(model.trainable_parameters(), 1.0)
+    opt.step(); opt.zero_grad(); sched.step()
+"""
+
+from .adam import Adam, AdamW
+from .clip import clip_grad_norm_
 from .optimizer import Optimizer
+from .schedule import LRScheduler, lr_at
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD"]
+__all__ = ["Adam", "AdamW", "LRScheduler", "Optimizer", "SGD", "clip_grad_norm_", "lr_at"]
