@@ -23,3 +23,20 @@ def normalize_axes(axis, ndim):
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
         out.append(a % ndim if ndim else 0)
     return tuple(sorted(out))
+
+
+def broadcast_shapes(op_name, *shapes):
+    """The shape NumPy broadcasting makes of `shapes`, or a ValueError naming the op and the shapes.
+
+    Shapes are aligned on their last axis; on each axis the sides must be equal or 1:
+    (B, 1, C) and (T, C) give (B, T, C); (2, 3) and (4,) do not broadcast.
+    """
+    ndim = max(len(s) for s in shapes)
+    result = []
+    for axis in range(-ndim, 0):
+        sides = {s[axis] for s in shapes if len(s) >= -axis} - {1}
+        if len(sides) > 1:
+            listed = " and ".join(str(tuple(s)) for s in shapes)
+            raise ValueError(f"{op_name}: shapes {listed} do not broadcast (axis {axis} has sides {sorted(sides)})")
+        result.append(sides.pop() if sides else 1)
+    return tuple(result)

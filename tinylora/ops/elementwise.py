@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 
 from ..autograd import Function, unbroadcast
+from ._util import broadcast_shapes
 
 
 class Add(Function):
@@ -146,21 +147,25 @@ class ReLU(Function):
 
 def add(a, b):
     """a + b with broadcasting."""
+    broadcast_shapes("add", a.shape, b.shape)
     return Add.apply(a, b)
 
 
 def sub(a, b):
     """a - b with broadcasting."""
+    broadcast_shapes("sub", a.shape, b.shape)
     return Sub.apply(a, b)
 
 
 def mul(a, b):
     """a * b with broadcasting."""
+    broadcast_shapes("mul", a.shape, b.shape)
     return Mul.apply(a, b)
 
 
 def div(a, b):
     """a / b with broadcasting."""
+    broadcast_shapes("div", a.shape, b.shape)
     return Div.apply(a, b)
 
 

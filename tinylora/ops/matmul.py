@@ -11,6 +11,7 @@ So when W is frozen, the node saves W but not x.
 from __future__ import annotations
 
 from ..autograd import Function, unbroadcast
+from ._util import broadcast_shapes
 
 
 def _swap_last(a):
@@ -30,7 +31,7 @@ class MatMul(Function):
         da = unbroadcast(grad @ _swap_last(b), self.shapes[0]) if self.needs_input_grad[0] else None
         db = None
         if self.needs_input_grad[1]:
-            if b.ndim == 2 and a.ndim > 2:  # a (..., n, k) @ b (k, m): one big product instead of a batch to sum
+            if len(self.shapes[1]) == 2 and a.ndim > 2:  # a (..., n, k) @ b (k, m): one big product, not a batch to sum
                 k = a.shape[-1]
                 db = a.reshape(-1, k).T @ grad.reshape(-1, grad.shape[-1])
             else:
@@ -71,10 +72,16 @@ def matmul(a, b):
             f"matmul: shapes {a.shape} and {b.shape} do not align "
             f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})"
         )
+    if a.ndim == 1 and b.ndim == 1:  # a dot product: (k,) @ (k,) -> ()
+        return matmul(a.reshape(1, -1), b.reshape(-1, 1)).reshape(())
     if a.ndim == 1:
         return matmul(a.reshape(1, -1), b).reshape(*b.shape[:-2], b.shape[-1])
     if b.ndim == 1:
         return matmul(a, b.reshape(-1, 1)).reshape(*a.shape[:-1])
+    try:
+        broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: the batch axes of shapes {a.shape} and {b.shape} do not broadcast") from None
     return MatMul.apply(a, b)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..autograd import Function, unbroadcast
 from ..backend import scatter_add
+from ._util import broadcast_shapes
 
 
 def _mask_array(mask, like):
@@ -65,16 +66,16 @@ def where(cond, a, b):
 
     like = a if isinstance(a, Tensor) else b
     a, b = like._lift(a), like._lift(b)
-    return Where.apply(a, b, cond=_mask_array(cond, like))
+    cond = _mask_array(cond, like)
+    broadcast_shapes("where", tuple(cond.shape), a.shape, b.shape)
+    return Where.apply(a, b, cond=cond)
 
 
 def masked_fill(x, mask, value):
     """x with `value` wherever the boolean `mask` (broadcast to x's shape) is True."""
     m = _mask_array(mask, x)
-    try:
-        x.device.xp.broadcast_shapes(m.shape, x.shape)
-    except ValueError:
-        raise ValueError(f"masked_fill: mask shape {m.shape} does not broadcast to tensor shape {x.shape}") from None
+    if broadcast_shapes("masked_fill", tuple(m.shape), x.shape) != x.shape:  # the mask may not enlarge x
+        raise ValueError(f"masked_fill: mask shape {tuple(m.shape)} does not broadcast to tensor shape {x.shape}")
     return MaskedFill.apply(x, mask=m, value=float(value))
 
 
