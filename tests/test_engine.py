@@ -199,3 +199,12 @@ def test_mixing_float32_and_float64_is_an_error():
     b = tinylora.tensor(np.ones(3, dtype=np.float64))
     with pytest.raises(TypeError, match="different dtypes"):
         a + b
+
+
+def test_integer_tensor_meets_float_like_pytorch():
+    ints = tinylora.tensor([1, 2])
+    assert (ints * 2.5).dtype == np.float32 and (2.5 * ints).dtype == np.float32
+    assert (ints + 1).dtype == np.int64
+    assert (ints / 2).dtype == np.float32
+    np.testing.assert_array_equal((ints * 2.5).numpy(), [2.5, 5.0])
+    assert (tinylora.tensor([1.0, 2.0], dtype="float64") * ints).dtype == np.float64

@@ -171,29 +171,45 @@ class Tensor:
             return Tensor(self.device.xp.asarray(other, dtype=dtype), device=self.device)
         raise TypeError(f"cannot combine a Tensor with {type(other).__name__}: wrap arrays in tinylora.tensor()")
 
+    def _operands(self, other, reverse: bool = False):
+        """(left, right) for a binary op; an integer tensor meeting a float one takes its dtype (as in PyTorch)."""
+        other = self._lift(other)
+        a, b = (other, self) if reverse else (self, other)
+        if a.dtype.kind in "iub" and b.dtype.kind == "f":
+            a = Tensor(a.data.astype(b.dtype), device=a.device)
+        elif b.dtype.kind in "iub" and a.dtype.kind == "f":
+            b = Tensor(b.data.astype(a.dtype), device=b.device)
+        return a, b
+
     def __add__(self, other):
-        return _ops.add(self, self._lift(other))
+        return _ops.add(*self._operands(other))
 
     def __radd__(self, other):
-        return _ops.add(self._lift(other), self)
+        return _ops.add(*self._operands(other, reverse=True))
 
     def __sub__(self, other):
-        return _ops.sub(self, self._lift(other))
+        return _ops.sub(*self._operands(other))
 
     def __rsub__(self, other):
-        return _ops.sub(self._lift(other), self)
+        return _ops.sub(*self._operands(other, reverse=True))
 
     def __mul__(self, other):
-        return _ops.mul(self, self._lift(other))
+        return _ops.mul(*self._operands(other))
 
     def __rmul__(self, other):
-        return _ops.mul(self._lift(other), self)
+        return _ops.mul(*self._operands(other, reverse=True))
 
     def __truediv__(self, other):
-        return _ops.div(self, self._lift(other))
+        a, b = self._operands(other)
+        if a.dtype.kind != "f":  # true division of integers gives floats, as in PyTorch
+            a, b = Tensor(a.data.astype(float32), device=a.device), Tensor(b.data.astype(float32), device=b.device)
+        return _ops.div(a, b)
 
     def __rtruediv__(self, other):
-        return _ops.div(self._lift(other), self)
+        a, b = self._operands(other, reverse=True)
+        if a.dtype.kind != "f":
+            a, b = Tensor(a.data.astype(float32), device=a.device), Tensor(b.data.astype(float32), device=b.device)
+        return _ops.div(a, b)
 
     def __neg__(self):
         return _ops.neg(self)
