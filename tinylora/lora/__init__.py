@@ -1,0 +1,34 @@
+"""LoRA: low-rank adaptation of a frozen model (Hu et al. 2021).
+
+For a frozen weight W0 ∈ R^{d×k}, learn ΔW = (α/r) B A with B ∈ R^{d×r},
+A ∈ R^{r×k}, r << min(d, k):  h = W0 x + (α/r) B A x.
+
+    layer.py       LoRALinear, the one layer (read this first)
+    apply.py       apply_lora, mark_only_lora_as_trainable, lora_state_dict,
+                   merge_lora / unmerge_lora, disable_lora / enable_lora / lora_disabled,
+                   parameter_report
+    adapter_io.py  save_adapter / load_adapter (safetensors + JSON config)
+    peft.py        export_peft / import_peft (Hugging Face PEFT's adapter format)
+"""
+
+from .adapter_io import load_adapter, save_adapter
+from .apply import (
+    apply_lora,
+    disable_lora,
+    enable_lora,
+    lora_disabled,
+    lora_layers,
+    lora_state_dict,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    parameter_report,
+    unmerge_lora,
+)
+from .layer import LoRALinear
+from .peft import export_peft, import_peft
+
+__all__ = [
+    "LoRALinear", "apply_lora", "disable_lora", "enable_lora", "export_peft", "import_peft", "load_adapter",
+    "lora_disabled", "lora_layers", "lora_state_dict", "mark_only_lora_as_trainable", "merge_lora",
+    "parameter_report", "save_adapter", "unmerge_lora",
+]

@@ -1,0 +1,164 @@
+"""LoRALinear: a frozen Linear plus a trainable low-rank update (Hu et al. 2021, eq. 3).
+
+    h = W0 x + ΔW x = W0 x + (α/r) B A x
+
+In the paper's notation, for a wrapped Linear(in_features=k, out_features=d):
+
+    W0 ∈ R^{d×k}   base.weight   (out_features, in_features)   frozen, called unchanged
+    A  ∈ R^{r×k}   lora_A        (r, in_features)               trainable, random at init
+    B  ∈ R^{d×r}   lora_B        (out_features, r)              trainable, zero at init
+    ΔW = (α/r) B A ∈ R^{d×k}     `delta_weight()`               rank <= r
+
+With batched row vectors x (..., k) the code computes
+
+    h = base(x) + scaling * (dropout(x) @ A.T) @ B.T        (..., k) -> (..., r) -> (..., d)
+
+The low-rank path costs r(d + k) parameters instead of d k, and never forms ΔW
+(except to merge it).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .. import functional as F
+from .. import nn
+from ..tensor import zeros
+
+INITS = ("kaiming", "gaussian")
+
+
+class LoRALinear(nn.Module):
+    """Wraps a frozen nn.Linear W0 with the low-rank update ΔW = (α/r) B A.
+
+    Args:
+        base:    the nn.Linear to adapt (d = out_features, k = in_features). Its weight
+                 is frozen here (requires_grad=False); its bias is left as it is
+                 (`mark_only_lora_as_trainable` decides about biases). It is called unchanged.
+        r:       the rank, 1 <= r <= min(d, k).
+        alpha:   α; the update is scaled by α/r. None means α = r, i.e. scaling 1. The paper
+                 sets α to the first r it tries and does not tune it (with Adam, tuning α is
+                 much like tuning the learning rate); keeping α fixed while r changes is what
+                 spares retuning. So to compare ranks the paper's way, pass the first r as
+                 alpha (e.g. alpha=8) and vary r; alpha=None suits a single run.
+        dropout: dropout probability on the LoRA input x (the base path never sees it).
+                 0 by default (loralib's and PEFT's default): a regulariser to raise
+                 (e.g. to 0.05-0.1) when the adapter overfits a small dataset.
+        init:    how A starts ("kaiming" by default), B always starts at 0 so ΔW = 0 and
+                 the wrapped model computes exactly what the base model did:
+                   "kaiming":  A ~ U(-1/sqrt(k), 1/sqrt(k)), Kaiming-uniform with a = sqrt(5),
+                               what loralib and PEFT do (the same init as nn.Linear's weight);
+                   "gaussian": A ~ N(0, (1/r)^2), closer to the paper's text ("random Gaussian
+                               initialization for A"), with PEFT's choice of std 1/r.
+
+    Attributes: base, lora_A (r, k), lora_B (d, r), r, alpha, scaling = alpha / r,
+    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone).
+
+    Merging (`merge()`, `unmerge()`) is explicit and idempotent; see their docstrings.
+    Disabling a merged layer unmerges it first, so that `enabled=False` always means
+    "exactly the base model"; merging a disabled layer is an error.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0, init: str = "kaiming"):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        d, k = base.out_features, base.in_features
+        if not isinstance(r, numbers.Integral) or isinstance(r, bool):
+            raise TypeError(f"LoRALinear: rank r must be an int, got {r!r}")
+        if not 1 <= r <= min(d, k):
+            raise ValueError(
+                f"LoRALinear: rank r={r} must satisfy 1 <= r <= min(d, k) = {min(d, k)} "
+                f"for a Linear with d=out_features={d}, k=in_features={k}"
+            )
+        if alpha is None:
+            alpha = r
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not alpha > 0:
+            raise ValueError(f"LoRALinear: alpha must be a positive number (or None for alpha = r), got {alpha!r}")
+        if init not in INITS:
+            raise ValueError(f"LoRALinear: init must be one of {INITS}, got {init!r}")
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRALinear: dropout must be in [0, 1), got {dropout!r}")
+
+        self.base = base
+        base.weight.requires_grad_(False)  # W0 is frozen: no gradient, no optimizer state
+        self.r, self.alpha = int(r), alpha
+        self.scaling = alpha / r  # a Python float: keeps float32 math in float32
+        self.init = init
+        self.lora_dropout = nn.Dropout(dropout)
+        # A, B live where W0 lives, with its dtype
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(zeros(r, k, device=device, dtype=dtype))  # (r, k)
+        self.lora_B = nn.Parameter(zeros(d, r, device=device, dtype=dtype))  # (d, r), zero: ΔW = 0 at init
+        self.merged = False  # is ΔW currently added into base.weight?
+        self.enabled = True  # False: forward is the base layer alone
+        self.reset_lora_parameters()
+        self.train(base.training)  # a model in eval mode stays in eval mode (LoRA dropout off)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def reset_lora_parameters(self) -> None:
+        """A random (per `init`), B = 0, so ΔW = BA = 0."""
+        if self.merged:
+            raise RuntimeError("LoRALinear: unmerge before resetting A and B (W0 still contains the old ΔW)")
+        if self.init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A, 0.0, 1.0 / self.r)
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x):
+        h = self.base(x)  # (..., d): W0 x + b (W0 already holds ΔW when merged)
+        if self.merged or not self.enabled:
+            return h
+        z = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): A x
+        return h + F.linear(z * self.scaling, self.lora_B)  # (..., d): + (α/r) B A x, scaled in r dims (cheaper)
+
+    # ------------------------------------------------------------ merging
+    def delta_weight(self):
+        """ΔW = (α/r) B A as a raw array (d, k), on the weights' device; no graph."""
+        return (self.lora_B.data @ self.lora_A.data) * self.scaling
+
+    def merge(self) -> "LoRALinear":
+        """W0 <- W0 + (α/r) B A, in place, so forward costs one matmul. Does nothing if already merged.
+
+        For inference: while merged, forward is base(x) alone, so A and B get no gradient.
+        Rounding: W0 + ΔW - ΔW is W0 only up to float rounding (about 1e-7 relative in float32).
+        """
+        if not self.enabled:
+            raise RuntimeError("LoRALinear: cannot merge a disabled adapter; call enable() first")
+        if not self.merged:
+            self.base.weight.data += self.delta_weight()
+            self.merged = True
+        return self
+
+    def unmerge(self) -> "LoRALinear":
+        """W0 <- W0 - (α/r) B A, in place, undoing `merge()`. Does nothing if not merged."""
+        if self.merged:
+            self.base.weight.data -= self.delta_weight()
+            self.merged = False
+        return self
+
+    def disable(self) -> "LoRALinear":
+        """Make the layer compute W0 x + b alone (unmerging first if merged)."""
+        self.unmerge()
+        self.enabled = False
+        return self
+
+    def enable(self) -> "LoRALinear":
+        """Bring ΔW back into the forward pass."""
+        self.enabled = True
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, alpha={self.alpha}, "
+            f"scaling={self.scaling:g}, dropout={self.lora_dropout.p}, merged={self.merged}, enabled={self.enabled}"
+        )
