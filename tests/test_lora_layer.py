@@ -340,3 +340,25 @@ def test_parameter_report_rows_and_text():
     assert report["total"] == sum(p.size for p in model.parameters())
     assert sum(row["params"] for row in report["rows"]) == report["total"]
     assert f"trainable: 96 of {report['total']:,} parameters" in report["text"] and "blocks.2.attn.q" in report["text"]
+
+
+def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs():
+    import numpy as np
+
+    import tinylora
+    from tinylora.gpt import GPT, GPTConfig
+    from tinylora.lora import apply_lora, lora_layers, merge_and_unload
+
+    tinylora.manual_seed(1)
+    model = GPT(GPTConfig.tiny(dropout=0.0), dtype="float64").eval()
+    apply_lora(model, r=2, targets=("q", "v", "fc"))
+    for _, layer in lora_layers(model):  # a nonzero update, so merging really changes W
+        layer.lora_B.data[...] = np.random.default_rng(0).normal(size=layer.lora_B.shape)
+    idx = tinylora.tensor(np.arange(12).reshape(2, 6) % 200)
+    with tinylora.no_grad():
+        before = model(idx)[0].numpy()
+        plain = merge_and_unload(model)
+        after = plain(idx)[0].numpy()
+    assert not list(lora_layers(plain))
+    assert not any("lora" in name for name, _ in plain.named_parameters())
+    np.testing.assert_allclose(after, before, rtol=1e-10, atol=1e-12)

@@ -5,7 +5,7 @@ A ∈ R^{r×k}, r << min(d, k):  h = W0 x + (α/r) B A x.
 
     layer.py       LoRALinear, the one layer (read this first)
     apply.py       apply_lora, mark_only_lora_as_trainable, lora_state_dict,
-                   merge_lora / unmerge_lora, disable_lora / enable_lora / lora_disabled,
+                   merge_lora / unmerge_lora, merge_and_unload, disable_lora / enable_lora / lora_disabled,
                    parameter_report
     adapter_io.py  save_adapter / load_adapter (safetensors + JSON config)
     peft.py        export_peft / import_peft (Hugging Face PEFT's adapter format)
@@ -20,6 +20,7 @@ from .apply import (
     lora_layers,
     lora_state_dict,
     mark_only_lora_as_trainable,
+    merge_and_unload,
     merge_lora,
     parameter_report,
     unmerge_lora,
@@ -29,6 +30,6 @@ from .peft import export_peft, import_peft
 
 __all__ = [
     "LoRALinear", "apply_lora", "disable_lora", "enable_lora", "export_peft", "import_peft", "load_adapter",
-    "lora_disabled", "lora_layers", "lora_state_dict", "mark_only_lora_as_trainable", "merge_lora",
+    "lora_disabled", "lora_layers", "lora_state_dict", "mark_only_lora_as_trainable", "merge_and_unload", "merge_lora",
     "parameter_report", "save_adapter", "unmerge_lora",
 ]

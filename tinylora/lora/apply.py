@@ -145,6 +145,22 @@ def unmerge_lora(model):
     return model
 
 
+def merge_and_unload(model):
+    """Merge every LoRA layer and put its plain base Linear back in its place: W = W0 + (α/r) B A.
+
+    The result is an ordinary GPT (no lora_A / lora_B), what deployment needs:
+    inference then costs exactly what the base model costs. Changes `model` in
+    place and returns it; merged weights stay frozen as they were.
+    """
+    for name, layer in list(lora_layers(model)):
+        layer.enable()
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.base)
+    return model
+
+
 def disable_lora(model):
     """Make every LoRA layer compute W0 x alone (merged layers are unmerged first). Returns `model`."""
     for _, layer in lora_layers(model):

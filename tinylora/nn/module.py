@@ -67,6 +67,15 @@ class Module:
             children = [(f"{name}.{n}" if name else n, m) for n, m in module._modules.items()]
             stack.extend(reversed(children))
 
+    def get_submodule(self, name: str) -> "Module":
+        """The descendant at dotted path `name` ("blocks.0.attn"); "" is the module itself."""
+        module = self
+        for part in filter(None, name.split(".")):
+            if part not in module._modules:
+                raise KeyError(f"{type(module).__name__} has no submodule '{part}' (looking up '{name}')")
+            module = module._modules[part]
+        return module
+
     def modules(self):
         return (m for _, m in self.named_modules())
 
