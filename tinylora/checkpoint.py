@@ -38,20 +38,24 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra:
     temp = os.path.join(run_dir, f".{name}.tmp")
     shutil.rmtree(temp, ignore_errors=True)
     os.makedirs(temp)
-    save_tensors(os.path.join(temp, "trainable.safetensors"), _trainable_state(model))
-    opt_state = optimizer.state_dict()
-    flat = {f"{name}/{slot}": array for name, slots in opt_state["state"].items() for slot, array in slots.items()}
-    save_tensors(os.path.join(temp, "optimizer.safetensors"), flat)
-    write_json_atomic(
-        os.path.join(temp, "state.json"),
-        {
-            "step": step,
-            "optimizer": {"param_groups": opt_state["param_groups"], "step": opt_state["step"]},
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": tl_random.get_rng_state(),
-            "extra": extra or {},
-        },
-    )
+    try:
+        save_tensors(os.path.join(temp, "trainable.safetensors"), _trainable_state(model))
+        opt_state = optimizer.state_dict()
+        flat = {f"{name}/{slot}": array for name, slots in opt_state["state"].items() for slot, array in slots.items()}
+        save_tensors(os.path.join(temp, "optimizer.safetensors"), flat)
+        write_json_atomic(
+            os.path.join(temp, "state.json"),
+            {
+                "step": step,
+                "optimizer": {"param_groups": opt_state["param_groups"], "step": opt_state["step"]},
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": tl_random.get_rng_state(),
+                "extra": extra or {},
+            },
+        )
+    except BaseException:  # a failed write (disk full, Ctrl-C) leaves no half folder behind
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     if os.path.exists(final):  # re-saving the same step: replace the old folder
         shutil.rmtree(final)
     os.replace(temp, final)  # the folder appears complete or not at all
@@ -85,6 +89,11 @@ def load_checkpoint(path, model, optimizer, scheduler=None) -> dict:
             f"checkpoint {path} does not match the model's trainable parameters: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]} (same --method, --rank and --targets?)"
         )
+    shapes = [f"{n}: {tuple(a.shape)} saved, {own[n].shape} in the model"
+              for n, a in trainable.items() if tuple(a.shape) != own[n].shape]
+    if shapes:  # checked before anything is loaded, so a failed load leaves the model as it was
+        raise ValueError(f"checkpoint {path} does not match the model's trainable parameters: "
+                         f"{'; '.join(shapes[:3])} (same --rank?)")
     model.load_state_dict(trainable, strict=False)
     opt_state = dict(state["optimizer"], state={})
     for key, array in load_tensors(os.path.join(path, "optimizer.safetensors")).items():

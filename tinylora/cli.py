@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad argument is reported in one line, like every other error here."""
+
+    def error(self, message):
+        self.exit(2, f"tinylora: error: {message} (see: {self.prog} --help)\n")
 
 
 def _targets(text: str) -> tuple:
@@ -57,7 +65,7 @@ def _train_config(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
+    parser = _Parser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="fine-tune the shipped base twice (full and LoRA) and compare",
@@ -76,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="byte", help="'byte' or a folder with vocab.json + merges.txt")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--run-dir", default=None, help="metrics and checkpoints (default: OUT/run)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's latest checkpoint (with the same training flags)")
     _add_train_flags(p, steps=2000, lr=2e-3, batch=16)
 
     p = sub.add_parser("finetune", help="fine-tune a model with LoRA or fully",
@@ -92,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--out", default="runs/finetune", help="run folder (default runs/finetune)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's latest checkpoint (with the same training flags)")
     _add_train_flags(p, steps=200, lr=None, batch=8)
 
     p = sub.add_parser("generate", help="generate text from a model (and an adapter)")
@@ -154,7 +164,7 @@ def cmd_pretrain(args) -> None:
     print(f"pretraining a {args.config} GPT ({model.num_parameters():,} parameters) on {len(train_set.tokens):,} tokens")
     result = train(model, train_set, val_set, _train_config(args), run_dir=run_dir, resume=args.resume)
     save_model(model, args.out, tokenizer, extra={
-        "pretrain": {"command": "tinylora " + " ".join(sys.argv[1:]), "data": args.data,
+        "pretrain": {"command": "tinylora " + shlex.join(args.argv), "data": args.data,
                      "val_loss": result.val_loss_after, "python": sys.version.split()[0]}})
     print(f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}; model written to {args.out}")
 
@@ -175,6 +185,16 @@ def _load_finetune_data(path, tokenizer, block_size, val_fraction, seed):
     return load_text_dataset(path, tokenizer, block_size, val_fraction=val_fraction, seed=seed)
 
 
+def _no_dropout(model) -> None:
+    """Switch off the base model's dropout (a GPT-2 folder brings 0.1): fine-tuning here runs without it."""
+    from . import nn
+
+    model.config.dropout = 0.0  # so a saved model's config says what its modules do
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
 def cmd_finetune(args) -> None:
     from . import manual_seed
     from .lora import apply_lora, parameter_report, save_adapter
@@ -183,7 +203,7 @@ def cmd_finetune(args) -> None:
 
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base, device=args.device)
-    model.config.dropout = 0.0
+    _no_dropout(model)
     train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size, args.val_fraction,
                                              args.seed)
     if args.lr is None:
@@ -239,7 +259,11 @@ def cmd_info(args) -> None:
     if args.model in SHIPPED or os.path.isdir(args.model):
         model, _ = load_model(args.model)
     else:
-        model = GPT(GPTConfig.from_preset(args.model))
+        try:
+            config = GPTConfig.from_preset(args.model)
+        except ValueError as err:
+            raise FileNotFoundError(f"--model {args.model} is not a model folder, nor a preset: {err}") from None
+        model = GPT(config)
     if args.rank:
         apply_lora(model, r=args.rank, targets=args.targets)
     report = parameter_report(model)
@@ -251,7 +275,9 @@ COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, recorded in what pretrain writes
     try:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -260,7 +286,7 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError, FloatingPointError) as err:
         if os.environ.get("TINYLORA_DEBUG"):
             raise
-        message = str(err).strip("'\"") or type(err).__name__
+        message = " ".join(str(err).strip("'\"").split()) or type(err).__name__  # one line
         print(f"tinylora: error: {message}", file=sys.stderr)
         return 2
     return 0

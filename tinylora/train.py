@@ -33,6 +33,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .autograd import no_grad
 from .backend import memory, synchronize
+from .io import read_json
 from .optim import AdamW, LRScheduler, clip_grad_norm_
 from .tensor import tensor
 
@@ -118,6 +119,23 @@ def evaluate(model, batches) -> float:
 
 
 # ------------------------------------------------------------------ the loop
+# settings that decide which weights a run ends with: a resumed run must use the checkpoint's values
+SAME_RUN_FIELDS = ("max_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "min_lr_ratio",
+                   "grad_clip", "seed")
+
+
+def check_same_run(saved: dict | None, config: TrainConfig, where) -> None:
+    """Refuse to resume a checkpoint saved with other training settings (the result would silently differ)."""
+    if not saved:
+        return  # a checkpoint written outside train(): nothing to compare
+    differ = [f for f in SAME_RUN_FIELDS if f in saved and saved[f] != getattr(config, f)]
+    if differ:
+        was = ", ".join(f"{f}={saved[f]!r}" for f in differ)
+        now = ", ".join(f"{f}={getattr(config, f)!r}" for f in differ)
+        raise ValueError(f"cannot resume from {where}: it was trained with {was}, this run has {now}; "
+                         "resume with the same settings, or start a new run folder")
+
+
 def make_optimizer(model, config: TrainConfig):
     """AdamW over the trainable parameters, by name (so checkpoints map state back by name)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -137,7 +155,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
 
     train_data / val_data: a TextDataset or PairDataset (tinylora.data).
     run_dir: where metrics, checkpoints and the loss plot go (None: nowhere).
-    resume: continue from run_dir's latest checkpoint if there is one.
+    resume: continue from run_dir's latest checkpoint if there is one. The checkpoint's
+        training settings (SAME_RUN_FIELDS) must equal `config`'s, or a ValueError says which differ.
     """
     config = config or TrainConfig()
     device = model_device(model)
@@ -147,9 +166,11 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     val = eval_batches(val_data, config.batch_size, config.eval_batches, config.seed)
 
     start = 0
-    if resume and run_dir and ckpt.latest_checkpoint(run_dir):
-        start = ckpt.load_checkpoint(run_dir, model, optimizer, scheduler)["step"]
-    log = _MetricsLog(run_dir, append=start > 0)
+    latest = ckpt.latest_checkpoint(run_dir) if resume and run_dir else None
+    if latest:
+        check_same_run(read_json(os.path.join(latest, "state.json"))["extra"].get("config"), config, latest)
+        start = ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
+    log = _MetricsLog(run_dir, resume_step=start)
     if start == 0:
         result.val_loss_before = evaluate(model, val)
         log.write({"step": 0, "val_loss": result.val_loss_before})
@@ -164,6 +185,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
         optimizer.zero_grad()
         loss.backward()
         grad_norm = clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip else None
+        lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
         optimizer.step()
         scheduler.step()
         loss_value = loss.item()  # also waits for the GPU, so the step time is honest
@@ -175,7 +197,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
             raise FloatingPointError(f"step {step + 1}: the loss is {loss_value}; try a smaller --lr")
 
         done = step + 1
-        row = {"step": done, "loss": loss_value, "lr": scheduler.lr, "seconds": seconds,
+        row = {"step": done, "loss": loss_value, "lr": lr, "seconds": seconds,
                "tokens_per_s": x.size / seconds, "memory_mib": memory.total() / 2**20}
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
@@ -196,7 +218,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     result.peak_bytes, result.peak_split = stats["peak"], stats["peak_split"]
     result.val_loss_after = evaluate(model, val) if val else None
     if run_dir:
-        if not config.checkpoint_every or config.max_steps % config.checkpoint_every:
+        trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
+        if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
             ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, {"config": asdict(config)})
         from .plot import plot_losses
 
@@ -205,20 +228,37 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
 
 
 class _MetricsLog:
-    """Appends one JSON object per line to run_dir/metrics.jsonl (does nothing without a run_dir)."""
+    """Appends one JSON object per line to run_dir/metrics.jsonl (does nothing without a run_dir).
 
-    def __init__(self, run_dir, append: bool):
+    A new run starts the file afresh. A run resumed at step k keeps the rows of
+    steps <= k and drops the later ones: those steps ran after the checkpoint,
+    were lost with the interruption, and are about to be run again.
+    """
+
+    def __init__(self, run_dir, resume_step: int = 0):
         self.path = None
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
             self.path = os.path.join(run_dir, "metrics.jsonl")
-            if not append and os.path.exists(self.path):
-                os.remove(self.path)
+            kept = []
+            if resume_step and os.path.exists(self.path):
+                with open(self.path, encoding="utf-8") as f:
+                    kept = [line for line in f if _step_of(line) <= resume_step]
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
 
     def write(self, row: dict) -> None:
         if self.path:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The "step" of one metrics.jsonl line; infinity (so it is dropped) for a line cut short by a crash."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _progress(config: TrainConfig, start: int):
