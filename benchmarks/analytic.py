@@ -31,8 +31,7 @@ Outside the blocks:
 
 | tensor                               | shape            | full FT | LoRA | needed by                        |
 |--------------------------------------|------------------|:-------:|:----:|----------------------------------|
-| token ids                            | (N,) int64       |   yes   |  -   | dW of the embeddings (wte, wpe)  |
-| causal mask (shared by every block)  | (T, T) bool      |   yes   | yes  | masked_fill backward             |
+| token ids, position ids              | (N,), (T,) int64 |   yes   |  -   | dW of the embeddings (wte, wpe)  |
 | ln_f x^, 1/s                         | (N, C), (N, 1)   |   yes   | yes  | dx of LayerNorm                  |
 | ln_f output                          | (N, C)           |   yes   |  -   | dW of the tied LM head (wte)     |
 | cross-entropy probabilities          | (N, V)           |   yes   | yes  | dlogits = softmax - onehot       |
@@ -108,8 +107,9 @@ def head_saved(shape, method: str) -> list[Row]:
     """What the embedding, final LayerNorm, tied LM head and cross-entropy save (above the blocks)."""
     N, C, V = shape.tokens, shape.n_embd, shape.vocab_size
     full = method == "full"
-    rows = [_row("token ids", (N,), INT64)] if full else []
-    rows += [_row("causal mask", (shape.seq, shape.seq), BOOL), _row("ln_f x^", (N, C)), _row("ln_f 1/s", (N, 1))]
+    rows = [_row("token ids", (N,), INT64), _row("position ids", (shape.seq,), INT64)] if full else []
+    # (no causal mask: a masked position's softmax output is 0, so backward needs only the output)
+    rows += [_row("ln_f x^", (N, C)), _row("ln_f 1/s", (N, 1))]
     if full:
         rows.append(_row("ln_f output", (N, C)))
     rows += [_row("probabilities", (N, V)), _row("targets", (N,), INT64), _row("kept-target mask", (N,), BOOL)]
@@ -136,8 +136,8 @@ def memory_model(shape, method: str, rank: int = 8) -> dict:
     blocks = [sum(r.nbytes for r in block_saved(shape, method, rank, first_block=(i == 0))) for i in range(L)]
     head_rows = head_saved(shape, method)
     head = sum(r.nbytes for r in head_rows)
-    # what stays saved below the blocks once the head's backward has run: token ids and the causal mask
-    bottom = sum(r.nbytes for r in head_rows if r.name in ("token ids", "causal mask"))
+    # what stays saved below the blocks once the head's backward has run: the token ids
+    bottom = sum(r.nbytes for r in head_rows if r.name in ("token ids", "position ids"))
     counts = parameter_counts(shape, method, rank)
     grads_head = counts["trainable_head"] * F32
     grads_block = counts["trainable_per_block"] * F32

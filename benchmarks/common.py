@@ -24,6 +24,14 @@ from importlib import metadata
 from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# glibc reads these at start-up: with them, freed memory stays in the heap and is reused (no fresh pages per
+# step). run_all --allocator keep sets them for every contender alike; see tinylora/backend/allocator.py.
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def allocator_setting() -> str:
+    """'keep' when this process runs with KEEP_FREED_MEMORY, else 'default'."""
+    return "keep" if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()) else "default"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMPLS = ("tinylora", "torch", "hf")  # tinylora, hand-written PyTorch GPT-2, Hugging Face transformers + PEFT
 METHODS = ("lora", "full")
@@ -160,7 +168,9 @@ def make_record(benchmark: str, args: argparse.Namespace, module: str, result: d
         "device": args.device,
         "threads": args.threads,
         "threads_pinned_before_import": args.threads_pinned_before_import,
-        "command": command_line(module),
+        "allocator": allocator_setting(),
+        "command": ("MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 " if allocator_setting() == "keep" else "")
+        + command_line(module),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(args.device),
         "versions": library_versions(),

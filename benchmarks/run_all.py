@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ranks", default=",".join(map(str, RANKS)), help="LoRA ranks of the memory jobs")
     parser.add_argument("--results-dir", default=str(common.RESULTS_DIR))
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per job before it is stopped")
+    parser.add_argument("--allocator", default="default", choices=("default", "keep"),
+                        help="'keep': glibc keeps freed memory for reuse, for every contender alike (common.py)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-report", action="store_true", help="skip RESULTS.md and the plots")
     args = parser.parse_args(argv)
@@ -169,6 +171,8 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     env.update({name: str(args.threads) for name in common.THREAD_VARIABLES})
     env["PYTHONUNBUFFERED"] = "1"
+    if args.allocator == "keep":
+        env.update(common.KEEP_FREED_MEMORY)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
 
     jobs = suite_jobs(args.suite, impls, tuple(int(r) for r in args.ranks.split(",")), args.device)

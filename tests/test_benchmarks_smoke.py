@@ -94,9 +94,8 @@ def test_saved_activations_match_the_analytic_model():
             stack.extend(p for p in node.parents if isinstance(p, Function))
         saved = sum(buffers.values())
         expected = analytic.memory_model(shape, method, rank=4)["saved_activations"]
-        # tolerance: the analytic model counts the (T, T) causal mask once; an engine may keep one per block
-        slack = shape.n_layer * shape.seq * shape.seq
-        assert expected <= saved <= expected + slack, f"{method}: saved {saved} B, analytic minimum {expected} B"
+        # slack: a few 4-byte scalars (each LoRA layer's `scaling` constant, kept by its multiply)
+        assert expected <= saved <= expected + 64, f"{method}: saved {saved} B, analytic minimum {expected} B"
         del loss
         tinylora.manual_seed(0)
 

@@ -154,8 +154,8 @@ def test_dropout_is_active_in_train_mode_only():
 
 def test_attention_saves_only_what_backward_needs():
     """Frozen W_q, W_k, W_v, W_o and an input that needs a gradient (as under LoRA further down):
-    the nodes keep q, k, v (B, T, C) and the attention weights (B, nh, T, T) once, the causal
-    mask (T, T) and the scale; no frozen weight's input, and no second copy of the weights."""
+    the nodes keep q, k, v (B, T, C) and the attention weights (B, nh, T, T) once (the fused causal
+    softmax needs no mask in backward); no frozen weight's input, and no second copy of the weights."""
     from tinylora.backend import memory
     from tinylora.gpt import CausalSelfAttention
 
@@ -168,7 +168,7 @@ def test_attention_saves_only_what_backward_needs():
     before = memory.stats()["current"]["saved"]
     y = attn(x)
     saved = memory.stats()["current"]["saved"] - before
-    expected = 8 * (3 * b * t * c + b * nh * t * t) + t * t  # float64 q, k, v, softmax; a bool mask
+    expected = 8 * (3 * b * t * c + b * nh * t * t)  # float64 q, k, v and the attention weights
     assert expected <= saved <= expected + 64, f"saved {saved} bytes, expected {expected} (+ a few scalars)"
     y.backward(np.ones(y.shape))
     assert x.grad is not None and all(p.grad is None for p in attn.parameters())

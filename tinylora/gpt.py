@@ -178,11 +178,12 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs): the past positions, then these T
         s = k.shape[2]
         past = s - t  # how many positions came before these queries
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, nh, T, S)
+        scores = q @ k.transpose(-2, -1)  # (B, nh, T, S)
         # query i sits at position past + i; it may not see key j > past + i
         future = x.device.xp.triu(x.device.xp.ones((t, s), dtype=bool), k=past + 1)  # (T, S)
-        att = att.masked_fill(future, float("-inf"))
-        att = self.attn_drop(F.softmax(att, axis=-1))  # (B, nh, T, S)
+        # softmax(masked_fill(scores / sqrt(hs), future, -inf)), fused into one node (ops/attention.py)
+        att = F.causal_softmax(scores, 1.0 / math.sqrt(self.head_size), future)  # (B, nh, T, S)
+        att = self.attn_drop(att)
         y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C): heads side by side again
         return self.resid_drop(self.o(y))

@@ -181,8 +181,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     for step in range(start, config.max_steps):
         t0 = time.perf_counter()
         x, y = batch_for_step(train_data, config.batch_size, config.seed, step)
-        _, loss = model(tensor(x, device=device), tensor(y, device=device))
-        optimizer.zero_grad()
+        loss = model(tensor(x, device=device), tensor(y, device=device))[1]  # drop the logits at once: backward
+        optimizer.zero_grad()                                                  # needs only what the graph saved
         loss.backward()
         grad_norm = clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip else None
         lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
