@@ -284,7 +284,7 @@ def targets_section(records) -> list[str]:
                 f"by {100 * (abs(x - 1) - 0.03):.1f} points")
     if not inf:
         row("merged-LoRA latency = base within 3%", "-", None, "")
-    lines += ["", "Reference (the lead's quiet-machine PyTorch 2.13 numbers, for scale only; the ratios above use peers "
+    lines += ["", "Reference (the issue's reference numbers, PyTorch 2.13 on this machine type, for scale only; the ratios above use peers "
               "measured in the same run): " + ", ".join(f"{k} {s} s / {g} GiB" for k, (s, g) in REFERENCE.items()) + ".", ""]
     return lines
 
