@@ -40,7 +40,7 @@ def _as_list(outputs):
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
-def compare(torch, tl_fn, torch_fn, arrays, needs=None, seed=0, rtol=RTOL, atol=ATOL):
+def check_against_torch(torch, tl_fn, torch_fn, arrays, needs=None, seed=0, rtol=RTOL, atol=ATOL):
     """Run tl_fn and torch_fn on float64 copies of `arrays`; compare outputs and input gradients.
 
     needs[i] says whether input i requires grad (default: all). Either function
@@ -93,13 +93,13 @@ BINARY = ["add", "sub", "mul", "div"]
 def test_binary(torch, name, shapes, seed, needs):
     a = random_array(shapes.input_shapes[0], seed)
     b = random_array(shapes.input_shapes[1], seed + 1, kind="nonzero" if name == "div" else "normal")
-    compare(torch, getattr(F, name), getattr(torch, name), [a, b], needs, seed)
+    check_against_torch(torch, getattr(F, name), getattr(torch, name), [a, b], needs, seed)
 
 
 def test_python_number_operands(torch):
     x = random_array((2, 3), kind="nonzero")
     fn = lambda x: (2.5 - x) * 1.5 + 3.0 / x - x / 4.0 + (x + 1.0) ** 2  # noqa: E731  (same code, both libraries)
-    compare(torch, fn, fn, [x])
+    check_against_torch(torch, fn, fn, [x])
 
 
 UNARY = {  # name: (tinylora op, torch op, values that keep away from its kinks)
@@ -116,24 +116,24 @@ UNARY = {  # name: (tinylora op, torch op, values that keep away from its kinks)
 @given(shape=small_shapes, seed=seeds)
 def test_unary(torch, name, shape, seed):
     op, torch_name, kind = UNARY[name]
-    compare(torch, op, getattr(torch, torch_name), [random_array(shape, seed, kind)], seed=seed)
+    check_against_torch(torch, op, getattr(torch, torch_name), [random_array(shape, seed, kind)], seed=seed)
 
 
 @given(shape=small_shapes, seed=seeds)
 def test_gelu_tanh_approximation(torch, shape, seed):
     gelu = torch.nn.functional.gelu
-    compare(torch, F.gelu, lambda x: gelu(x, approximate="tanh"), [random_array(shape, seed)], seed=seed)
+    check_against_torch(torch, F.gelu, lambda x: gelu(x, approximate="tanh"), [random_array(shape, seed)], seed=seed)
 
 
 def test_relu_at_zero_has_zero_gradient(torch):
-    compare(torch, F.relu, torch.relu, [np.array([-1.0, 0.0, 2.0])])  # the kink: both use 0 at x = 0
+    check_against_torch(torch, F.relu, torch.relu, [np.array([-1.0, 0.0, 2.0])])  # the kink: both use 0 at x = 0
 
 
 @pytest.mark.parametrize("exponent, kind", [(2, "normal"), (3, "normal"), (0, "normal"), (-1, "nonzero"),
                                             (0.5, "positive"), (1.5, "positive"), (-0.5, "positive")])
 @given(shape=small_shapes, seed=seeds)
 def test_pow(torch, exponent, kind, shape, seed):
-    compare(torch, lambda x: F.pow(x, exponent), lambda x: torch.pow(x, exponent),
+    check_against_torch(torch, lambda x: F.pow(x, exponent), lambda x: torch.pow(x, exponent),
             [random_array(shape, seed, kind)], seed=seed)
 
 
@@ -143,7 +143,7 @@ def test_pow(torch, exponent, kind, shape, seed):
 def test_matmul_batched_and_broadcast(torch, batch, n, k, m, seed, needs):
     a = random_array(batch.input_shapes[0] + (n, k), seed)  # (..., n, k)
     b = random_array(batch.input_shapes[1] + (k, m), seed + 1)  # (..., k, m)
-    compare(torch, F.matmul, torch.matmul, [a, b], needs, seed)
+    check_against_torch(torch, F.matmul, torch.matmul, [a, b], needs, seed)
 
 
 @pytest.mark.parametrize("vector", ["left", "right", "both"])
@@ -151,7 +151,7 @@ def test_matmul_batched_and_broadcast(torch, batch, n, k, m, seed, needs):
 def test_matmul_with_1d_operands(torch, vector, batch, n, k, seed):
     shapes = {"left": [(k,), batch + (k, n)], "right": [batch + (n, k), (k,)], "both": [(k,), (k,)]}[vector]
     arrays = [random_array(s, seed + i) for i, s in enumerate(shapes)]
-    compare(torch, F.matmul, torch.matmul, arrays, seed=seed)
+    check_against_torch(torch, F.matmul, torch.matmul, arrays, seed=seed)
 
 
 @given(batch=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3), d_in=sides, d_out=sides, seed=seeds,
@@ -162,7 +162,7 @@ def test_linear(torch, batch, d_in, d_out, seed, x_grad, w_grad, bias):
     if bias is not None:
         arrays.append(random_array((d_out,), seed + 2))
         needs.append(bias == "trainable")
-    compare(torch, F.linear, torch.nn.functional.linear, arrays, needs, seed)
+    check_against_torch(torch, F.linear, torch.nn.functional.linear, arrays, needs, seed)
 
 
 # ----------------------------------------------------------------- reductions
@@ -194,7 +194,7 @@ def test_reduction(torch, name, shape_axis, keepdims, seed):
     shape, axis = shape_axis
     x = random_array(shape, seed, kind="distinct" if name == "max" else "normal")
     op, torch_op = getattr(F, name), getattr(torch, REDUCTIONS[name])
-    compare(torch, lambda x: op(x, axis=axis, keepdims=keepdims),
+    check_against_torch(torch, lambda x: op(x, axis=axis, keepdims=keepdims),
             lambda x: torch_op(x, dim=torch_dim(axis, x.ndim), keepdim=keepdims), [x], seed=seed)
 
 
@@ -202,7 +202,7 @@ def test_reduction(torch, name, shape_axis, keepdims, seed):
 def test_max_with_ties_matches_amax(torch, shape_axis, keepdims, seed):
     shape, axis = shape_axis
     x = np.round(random_array(shape, seed))  # few distinct values (-2..2): many ties
-    compare(torch, lambda x: F.max(x, axis=axis, keepdims=keepdims),
+    check_against_torch(torch, lambda x: F.max(x, axis=axis, keepdims=keepdims),
             lambda x: torch.amax(x, dim=torch_dim(axis, x.ndim), keepdim=keepdims), [x], seed=seed)
 
 
@@ -212,7 +212,7 @@ def test_var(torch, shape_axis, keepdims, ddof, seed):
     axes = torch_dim(axis, len(shape))
     reduced = int(np.prod([shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))]))
     assume(reduced - ddof > 0)  # var needs n - ddof > 0
-    compare(torch, lambda x: F.var(x, axis=axis, keepdims=keepdims, ddof=ddof),
+    check_against_torch(torch, lambda x: F.var(x, axis=axis, keepdims=keepdims, ddof=ddof),
             lambda x: torch.var(x, dim=torch_dim(axis, x.ndim), correction=ddof, keepdim=keepdims),
             [random_array(shape, seed)], seed=seed)
 
@@ -223,14 +223,14 @@ def test_reshape(torch, shape, data, seed):
     size = int(np.prod(shape))
     choices = [tuple(reversed(shape)), (-1,), (size, 1), (1,) + shape + (1,)] + ([(shape[0], -1)] if shape else [])
     new_shape = data.draw(st.sampled_from(choices))
-    compare(torch, lambda x: F.reshape(x, new_shape), lambda x: torch.reshape(x, new_shape),
+    check_against_torch(torch, lambda x: F.reshape(x, new_shape), lambda x: torch.reshape(x, new_shape),
             [random_array(shape, seed)], seed=seed)
 
 
 @given(shape=hnp.array_shapes(min_dims=2, max_dims=4, max_side=3), data=st.data(), seed=seeds)
 def test_transpose(torch, shape, data, seed):
     dim0, dim1 = (data.draw(st.integers(-len(shape), len(shape) - 1)) for _ in range(2))
-    compare(torch, lambda x: F.transpose(x, dim0, dim1), lambda x: torch.transpose(x, dim0, dim1),
+    check_against_torch(torch, lambda x: F.transpose(x, dim0, dim1), lambda x: torch.transpose(x, dim0, dim1),
             [random_array(shape, seed)], seed=seed)
 
 
@@ -238,9 +238,9 @@ def test_transpose(torch, shape, data, seed):
 def test_permute_and_T(torch, shape, data, seed):
     axes = tuple(data.draw(st.permutations(range(len(shape)))))
     x = random_array(shape, seed)
-    compare(torch, lambda x: F.permute(x, *axes), lambda x: x.permute(*axes), [x], seed=seed)
+    check_against_torch(torch, lambda x: F.permute(x, *axes), lambda x: x.permute(*axes), [x], seed=seed)
     reverse = tuple(reversed(range(len(shape))))
-    compare(torch, lambda x: x.T, lambda x: x.permute(*reverse), [x], seed=seed)
+    check_against_torch(torch, lambda x: x.T, lambda x: x.permute(*reverse), [x], seed=seed)
 
 
 # ----------------------------------------------------------------- indexing
@@ -260,7 +260,7 @@ def shape_and_basic_index(draw):
 @given(shape_index=shape_and_basic_index(), seed=seeds)
 def test_getitem_basic(torch, shape_index, seed):
     shape, index = shape_index
-    compare(torch, lambda x: x[index], lambda x: x[index], [random_array(shape, seed)], seed=seed)
+    check_against_torch(torch, lambda x: x[index], lambda x: x[index], [random_array(shape, seed)], seed=seed)
 
 
 @st.composite
@@ -276,7 +276,7 @@ def shape_and_repeating_index(draw):
 @given(shape_index=shape_and_repeating_index(), seed=seeds)
 def test_getitem_repeated_integer_indices(torch, shape_index, seed):
     shape, index = shape_index
-    compare(torch, lambda x: x[index], lambda x: x[torch_index(torch, index)], [random_array(shape, seed)], seed=seed)
+    check_against_torch(torch, lambda x: x[index], lambda x: x[torch_index(torch, index)], [random_array(shape, seed)], seed=seed)
 
 
 @st.composite
@@ -288,14 +288,14 @@ def shape_and_multi_array_index(draw):
 @given(shape_index=shape_and_multi_array_index(), seed=seeds)
 def test_getitem_several_integer_arrays(torch, shape_index, seed):
     shape, index = shape_index
-    compare(torch, lambda x: x[index], lambda x: x[torch_index(torch, index)], [random_array(shape, seed)], seed=seed)
+    check_against_torch(torch, lambda x: x[index], lambda x: x[torch_index(torch, index)], [random_array(shape, seed)], seed=seed)
 
 
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=3), data=st.data(), seed=seeds)
 def test_getitem_boolean_mask(torch, shape, data, seed):
     k = data.draw(st.integers(1, len(shape)))
     mask = data.draw(hnp.arrays(bool, shape[:k]))  # over the leading k axes
-    compare(torch, lambda x: x[mask], lambda x: x[torch.as_tensor(mask)], [random_array(shape, seed)], seed=seed)
+    check_against_torch(torch, lambda x: x[mask], lambda x: x[torch.as_tensor(mask)], [random_array(shape, seed)], seed=seed)
 
 
 # ----------------------------------------------------------------- joining and splitting
@@ -305,7 +305,7 @@ def test_concatenate(torch, shape, lengths, data, seed):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
     a = axis % len(shape)
     arrays = [random_array(shape[:a] + (n,) + shape[a + 1:], seed + i) for i, n in enumerate(lengths)]
-    compare(torch, lambda *xs: F.concatenate(list(xs), axis=axis), lambda *xs: torch.cat(xs, dim=axis), arrays,
+    check_against_torch(torch, lambda *xs: F.concatenate(list(xs), axis=axis), lambda *xs: torch.cat(xs, dim=axis), arrays,
             seed=seed)
 
 
@@ -313,7 +313,7 @@ def test_concatenate(torch, shape, lengths, data, seed):
 def test_stack(torch, shape, count, data, seed):
     axis = data.draw(st.integers(-len(shape) - 1, len(shape)))
     arrays = [random_array(shape, seed + i) for i in range(count)]
-    compare(torch, lambda *xs: F.stack(list(xs), axis=axis), lambda *xs: torch.stack(xs, dim=axis), arrays, seed=seed)
+    check_against_torch(torch, lambda *xs: F.stack(list(xs), axis=axis), lambda *xs: torch.stack(xs, dim=axis), arrays, seed=seed)
 
 
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), data=st.data(), seed=seeds)
@@ -326,7 +326,7 @@ def test_split(torch, shape, data, seed):
         cuts = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=length - 1))) if length > 1 else []
         bounds = [0] + cuts + [length]
         sizes = [b - a for a, b in zip(bounds, bounds[1:])]
-    compare(torch, lambda x: F.split(x, sizes, axis=axis), lambda x: torch.split(x, sizes, dim=axis),
+    check_against_torch(torch, lambda x: F.split(x, sizes, axis=axis), lambda x: torch.split(x, sizes, dim=axis),
             [random_array(shape, seed)], seed=seed)
 
 
@@ -335,7 +335,7 @@ def test_split(torch, shape, data, seed):
 def test_where(torch, shapes, seed):
     cond_shape, a_shape, b_shape = shapes.input_shapes
     cond = random_array(cond_shape, seed) > 0
-    compare(torch, lambda a, b: F.where(cond, a, b), lambda a, b: torch.where(torch.as_tensor(cond), a, b),
+    check_against_torch(torch, lambda a, b: F.where(cond, a, b), lambda a, b: torch.where(torch.as_tensor(cond), a, b),
             [random_array(a_shape, seed + 1), random_array(b_shape, seed + 2)], seed=seed)
 
 
@@ -344,7 +344,7 @@ def test_masked_fill(torch, shape, data, value, seed):
     suffix = shape[data.draw(st.integers(0, len(shape))):]
     mask_shape = tuple(1 if data.draw(st.booleans()) else n for n in suffix)  # broadcasts to shape
     mask = random_array(mask_shape, seed) > 0
-    compare(torch, lambda x: F.masked_fill(x, mask, value), lambda x: x.masked_fill(torch.as_tensor(mask), value),
+    check_against_torch(torch, lambda x: F.masked_fill(x, mask, value), lambda x: x.masked_fill(torch.as_tensor(mask), value),
             [random_array(shape, seed + 1)], seed=seed)
 
 
@@ -352,7 +352,7 @@ def test_masked_fill(torch, shape, data, value, seed):
 def test_embedding(torch, vocab, dim, data, seed):
     ids_shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=4))
     ids = data.draw(hnp.arrays(np.int64, ids_shape, elements=st.integers(0, vocab - 1)))
-    compare(torch, lambda w: F.embedding(ids, w), lambda w: torch.nn.functional.embedding(torch.from_numpy(ids), w),
+    check_against_torch(torch, lambda w: F.embedding(ids, w), lambda w: torch.nn.functional.embedding(torch.from_numpy(ids), w),
             [random_array((vocab, dim), seed)], seed=seed)
 
 
@@ -362,7 +362,7 @@ def test_embedding(torch, vocab, dim, data, seed):
 def test_softmax(torch, name, shape, data, seed):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
     op, torch_op = getattr(F, name), getattr(torch, name)
-    compare(torch, lambda x: op(x, axis=axis), lambda x: torch_op(x, dim=axis), [random_array(shape, seed)], seed=seed)
+    check_against_torch(torch, lambda x: op(x, axis=axis), lambda x: torch_op(x, dim=axis), [random_array(shape, seed)], seed=seed)
 
 
 @given(batch=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3), classes=st.integers(1, 4),
@@ -372,7 +372,7 @@ def test_cross_entropy_with_ignore_index(torch, batch, classes, ignore_index, da
     targets = np.where(data.draw(hnp.arrays(bool, batch)), ignore_index, targets)
     assume((targets != ignore_index).any())  # the mean needs at least one kept target
     flat = torch.from_numpy(targets.reshape(-1))
-    compare(torch, lambda z: F.cross_entropy(z, targets, ignore_index=ignore_index),
+    check_against_torch(torch, lambda z: F.cross_entropy(z, targets, ignore_index=ignore_index),
             lambda z: torch.nn.functional.cross_entropy(z.reshape(-1, classes), flat, ignore_index=ignore_index),
             [random_array(batch + (classes,), seed)], seed=seed)
 
@@ -382,7 +382,7 @@ def test_cross_entropy_with_ignore_index(torch, batch, classes, ignore_index, da
 def test_layer_norm(torch, batch, channels, seed, needs):
     arrays = [random_array(batch + (channels,), seed), random_array((channels,), seed + 1),
               random_array((channels,), seed + 2)]  # x (..., C), weight (C,), bias (C,)
-    compare(torch, lambda x, w, b: F.layer_norm(x, w, b, eps=1e-5),
+    check_against_torch(torch, lambda x, w, b: F.layer_norm(x, w, b, eps=1e-5),
             lambda x, w, b: torch.nn.functional.layer_norm(x, (channels,), w, b, eps=1e-5), arrays, needs, seed)
 
 
@@ -398,10 +398,10 @@ def test_dropout_against_the_formula_in_torch(torch, shape, p, seed):
         tinylora.manual_seed(seed)  # the same mask again
         return F.dropout(x, p)
 
-    compare(torch, ours, lambda x: x * torch.as_tensor(mask) / (1 - p), [x], seed=seed)
+    check_against_torch(torch, ours, lambda x: x * torch.as_tensor(mask) / (1 - p), [x], seed=seed)
 
 
 @given(shape=small_shapes, seed=seeds)
 def test_to_dtype_round_trip(torch, shape, seed):
-    compare(torch, lambda x: x.to(dtype="float32").to(dtype="float64"),
+    check_against_torch(torch, lambda x: x.to(dtype="float32").to(dtype="float64"),
             lambda x: x.to(torch.float32).to(torch.float64), [random_array(shape, seed)], seed=seed)

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import numbers
 
-import numpy
-
 from . import autograd
-from .backend import device_of, get_device, memory, move, to_host
+from .backend import device_of, get_device, host, memory, move, to_host
 
-float32 = numpy.dtype("float32")
-float64 = numpy.dtype("float64")
-int64 = numpy.dtype("int64")
+float32 = host.dtype("float32")
+float64 = host.dtype("float64")
+int64 = host.dtype("int64")
 
 
 def _as_dtype(dtype):
@@ -32,7 +30,7 @@ def _as_dtype(dtype):
         return None
     if isinstance(dtype, str) and dtype in ("float", "double", "long"):
         dtype = {"float": "float32", "double": "float64", "long": "int64"}[dtype]
-    return numpy.dtype(dtype)
+    return host.dtype(dtype)
 
 
 class Tensor:
@@ -57,12 +55,12 @@ class Tensor:
                 data = data.astype(dtype)
         else:
             target = get_device(device)
-            host = numpy.asarray(data)
-            if dtype is None and host.dtype.kind == "f":
+            array = host.asarray(data)  # Python numbers and lists become a host array first
+            if dtype is None and array.dtype.kind == "f":
                 dtype = float32  # Python floats become float32, as in PyTorch
-            if dtype is None and host.dtype.kind in "iu":
+            if dtype is None and array.dtype.kind in "iu":
                 dtype = int64
-            data = move(host.astype(dtype) if dtype is not None else host, target)
+            data = move(array.astype(dtype) if dtype is not None else array, target)
         if data.dtype.kind not in "fiub":
             raise TypeError(f"unsupported dtype {data.dtype}: use float32, float64, an integer type or bool")
         self.data = data
@@ -164,9 +162,9 @@ class Tensor:
         """Turn a Python or NumPy number into a constant tensor of this tensor's dtype and device."""
         if isinstance(other, Tensor):
             return other
-        if isinstance(other, (numbers.Number, numpy.generic)):
+        if isinstance(other, (numbers.Number, host.generic)):
             dtype = self.dtype if self.dtype.kind == "f" else None
-            if dtype is None and isinstance(other, (float, numpy.floating)):
+            if dtype is None and isinstance(other, (float, host.floating)):
                 dtype = float32
             return Tensor(self.device.xp.asarray(other, dtype=dtype), device=self.device)
         raise TypeError(f"cannot combine a Tensor with {type(other).__name__}: wrap arrays in tinylora.tensor()")
@@ -352,9 +350,9 @@ def randn(*shape, device=None, dtype=None, requires_grad=False) -> Tensor:
 
 
 def arange(*args, device=None, dtype=None) -> Tensor:
-    """Like numpy.arange; integers give int64."""
+    """Like host.arange; integers give int64."""
     dev = get_device(device)
-    data = numpy.arange(*args)
+    data = host.arange(*args)
     if dtype is not None:
         data = data.astype(_as_dtype(dtype))
     elif data.dtype.kind == "i":

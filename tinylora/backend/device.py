@@ -23,6 +23,8 @@ import numpy
 
 _KNOWN = ("cpu", "cuda", "fake")
 
+host = numpy  # the array module of host memory: Python data becomes an array here before it moves to a device
+
 
 class Device:
     """A place where tensor data lives, with the array module (`xp`) that works there."""
