@@ -3,8 +3,8 @@
 The graph is made of *op nodes*, not of tensors. Every op is a small `Function`
 subclass with two methods:
 
-    forward(ctx, *arrays)  -> output array      (and ctx.save_for_backward(...))
-    backward(ctx, grad)    -> one gradient per input (None where not needed)
+    forward(self, *arrays)  -> output array      (and self.save_for_backward(...))
+    backward(self, grad)    -> one gradient per input (None where not needed)
 
 Calling `SomeOp.apply(*tensors)` runs forward and, if any input needs a
 gradient, returns an output tensor whose `_ctx` is the node. The node links to

@@ -40,7 +40,8 @@ def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: i
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
     g.add_argument("--batch-size", type=int, default=batch, help=f"sequences per step (default {batch})")
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--lr", type=float, default=lr,
+                   help=f"peak learning rate (default {lr if lr is not None else '2e-3 for lora, 3e-4 for full'})")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
     g.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
@@ -49,7 +50,7 @@ def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: i
     g.add_argument("--eval-batches", type=int, default=8, help="validation batches (default 8)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default=None, help="cpu (default) or cuda")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -234,6 +235,7 @@ def cmd_generate(args) -> None:
     model, tokenizer = load_model(args.model, device=args.device)
     if args.adapter:
         load_adapter(model, args.adapter)
+        manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
     ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
     out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token=tokenizer.eot_id)

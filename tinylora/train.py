@@ -266,4 +266,5 @@ def _progress(config: TrainConfig, start: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=config.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    # disable=None: no bar when the output is not a terminal (a log file gets no hundreds of redraws)
+    return tqdm(total=config.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
