@@ -25,29 +25,11 @@ def read_metrics(path) -> list[dict]:
 
 def plot_losses(metrics_path, png_path, title: str = "training") -> bool:
     """Training and validation loss against step, from a metrics.jsonl file. Returns True if written."""
-    plt = _pyplot()
-    if plt is None:
-        return False
-    rows = read_metrics(metrics_path)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    if train:
-        ax.plot(*zip(*train), label="train loss", alpha=0.6)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return True
+    return plot_runs({"": metrics_path}, png_path, title)
 
 
 def plot_runs(runs: dict, png_path, title: str) -> bool:
-    """Validation loss of several runs on one plot: runs = {label: metrics.jsonl path}."""
+    """Training and validation loss of one or more runs on one plot: runs = {label: metrics.jsonl path}."""
     plt = _pyplot()
     if plt is None:
         return False
@@ -56,9 +38,10 @@ def plot_runs(runs: dict, png_path, title: str) -> bool:
         rows = read_metrics(path)
         val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-        line = ax.plot(*zip(*val), "o-", label=f"{label} (validation)")[0] if val else None
+        name = f"{label} " if label else ""
+        line = ax.plot(*zip(*val), "o-", label=f"{name}validation loss")[0] if val else None
         if train:
-            ax.plot(*zip(*train), alpha=0.3, color=line.get_color() if line else None, label=f"{label} (train)")
+            ax.plot(*zip(*train), alpha=0.4, color=line.get_color() if line else None, label=f"{name}train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
