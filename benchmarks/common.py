@@ -25,7 +25,7 @@ from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # glibc reads these at start-up: with them, freed memory stays in the heap and is reused (no fresh pages per
-# step). run_all --allocator keep sets them for every contender alike; see tinylora/backend/allocator.py.
+# step). run_all --allocator keep sets them for every contender alike; see tinylora/engine/backend/allocator.py.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 

@@ -8,7 +8,7 @@ projection pays two extra thin products, x A^T and (x A^T) B^T. Three models wit
 are timed in interleaved rounds (base, merged, unmerged, then rotated), so a slow moment of a busy
 machine hits all three alike; the medians and the ratios to the base are reported.
 
-Generation: tokens per second of tinylora.generate.generate (greedy, batch 1) with the KV cache and
+Generation: tokens per second of tinylora.model.generate.generate (greedy, batch 1) with the KV cache and
 without it, on the base model.
 """
 
@@ -47,7 +47,7 @@ def build_variants(shape, rank: int, device: str, seed: int) -> dict:
 def forward_latency(models: dict, idx, rounds: int, device) -> dict:
     """Median seconds of one eval forward per model, measured in interleaved, rotating rounds."""
     from tinylora import no_grad
-    from tinylora.backend import synchronize
+    from tinylora.engine.backend import synchronize
 
     names = list(models)
     times = {name: [] for name in names}
@@ -66,8 +66,8 @@ def forward_latency(models: dict, idx, rounds: int, device) -> dict:
 
 def generation_speed(model, prompt, new_tokens: int, use_cache: bool, repeats: int, device) -> dict:
     """Median tokens/s of greedy generation of `new_tokens` tokens after `prompt` (1, P)."""
-    from tinylora.backend import synchronize
-    from tinylora.generate import generate
+    from tinylora.engine.backend import synchronize
+    from tinylora.model.generate import generate
 
     times = []
     for _ in range(repeats):
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     import tinylora
-    from tinylora.backend import get_device
+    from tinylora.engine.backend import get_device
 
     from .flops import inference_flops
     from .shapes import get_shape

@@ -7,7 +7,7 @@ the batch exist, the kernel's high-water mark is reset (benchmarks/procmem.py); 
 
     headline = VmHWM after the steps - VmRSS at the reset
 
-On CUDA the same idea uses the allocator's counters: tinylora.backend.memory.cuda_peak_bytes() after
+On CUDA the same idea uses the allocator's counters: tinylora.engine.backend.memory.cuda_peak_bytes() after
 cuda_reset_peak() for tinylora, torch.cuda.max_memory_allocated() after reset_peak_memory_stats() for the
 PyTorch peers, minus the bytes allocated at the reset.
 

@@ -4,7 +4,7 @@
         contender.train_step(idx, targets)
     prof.table()     # seconds per op class, forward and backward, grouped into categories
 
-It replaces, while the context is open, the `forward` and `backward` of every `tinylora.autograd.Function`
+It replaces, while the context is open, the `forward` and `backward` of every `tinylora.engine.autograd.Function`
 subclass by a timed wrapper (monkeypatching, acceptable here and nowhere in the engine), and restores them
 on exit. On a GPU each timed call synchronises first, so the numbers are exact but the step is slower;
 run the profile separately from the timing runs. What is not inside an op (building nodes, the backward
@@ -54,7 +54,7 @@ class OpProfiler:
 
     def _sync(self):
         if self.device is not None and self.device.name == "cuda":
-            from tinylora.backend import synchronize
+            from tinylora.engine.backend import synchronize
 
             synchronize(self.device)
 
@@ -92,7 +92,7 @@ class OpProfiler:
         return self
 
     def __enter__(self):
-        from tinylora.autograd import Function
+        from tinylora.engine.autograd import Function
 
         for cls in _all_subclasses(Function):
             for phase in ("forward", "backward"):

@@ -3,7 +3,7 @@
     python -m benchmarks.speed --config gpt2 --impl tinylora --method lora --rank 8 --threads 2 [--profile]
 
 A step is forward, loss, backward, AdamW step and zero_grad, timed from start to a synchronised end
-(tinylora.backend.synchronize / torch.cuda.synchronize on a GPU). Reported: median step time, tokens/s
+(tinylora.engine.backend.synchronize / torch.cuda.synchronize on a GPU). Reported: median step time, tokens/s
 (B*T / median) and achieved GFLOP/s (the matmul FLOPs of benchmarks/flops.py / median); the report
 divides the latter by the machine's matmul ceiling (benchmarks/ceiling.py, same thread count).
 

@@ -1,14 +1,14 @@
-"""tinylora as a benchmark contender: GPT (tinylora.gpt) with LoRA on q, v (tinylora.lora), trained by AdamW."""
+"""tinylora as a benchmark contender: GPT (tinylora.model.gpt) with LoRA on q, v (tinylora.lora), trained by AdamW."""
 
 from __future__ import annotations
 
 import tinylora
-from tinylora.backend import get_device, memory, synchronize
+from tinylora.engine.backend import get_device, memory, synchronize
 
 
 def build_model(shape, device: str, seed: int):
     """A tinylora GPT of exactly `shape` (dropout 0), initialised from `seed`."""
-    from tinylora.gpt import GPT, GPTConfig
+    from tinylora.model.gpt import GPT, GPTConfig
 
     tinylora.manual_seed(seed)
     config = GPTConfig(vocab_size=shape.vocab_size, block_size=shape.block_size, n_layer=shape.n_layer,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 import tinylora
-from tinylora.backend import to_host
+from tinylora.engine.backend import to_host
 
 
 def random_array(shape, seed=0, kind="normal"):

@@ -11,7 +11,7 @@ import pytest
 from conftest import require
 
 import tinylora
-from tinylora.gpt import GPT, GPTConfig
+from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.io import FileFormatError, load_metadata, load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora import apply_lora, load_adapter, lora_layers, mark_only_lora_as_trainable, merge_lora, save_adapter
 

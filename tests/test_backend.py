@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tinylora
-from tinylora.backend import get_device, memory
+from tinylora.engine.backend import get_device, memory
 from tinylora.nn import Linear
 from tinylora.optim import SGD
 

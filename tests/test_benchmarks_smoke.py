@@ -68,8 +68,8 @@ def test_memory_tinylora_lora_and_full_write_consistent_records(tmp_path):
 def test_saved_activations_match_the_analytic_model():
     """After a forward pass, tinylora keeps (nearly) exactly the tensors analytic.py lists as necessary."""
     import tinylora
-    from tinylora.autograd import Function
-    from tinylora.backend import memory as tracker
+    from tinylora.engine.autograd import Function
+    from tinylora.engine.backend import memory as tracker
 
     from benchmarks.shapes import make_batch
     from benchmarks.tinylora_contender import Contender
@@ -109,7 +109,7 @@ def test_speed_with_profile_accounts_for_the_step(tmp_path):
     profile = result["profile"]
     assert {"matmul", "optimizer"} <= set(profile["categories"])
     assert 0 < profile["total"] <= profile["step"] * 1.01  # op times are part of the step
-    from tinylora.autograd import Function
+    from tinylora.engine.autograd import Function
 
     from benchmarks.op_profile import _all_subclasses
 

@@ -1,4 +1,4 @@
-"""Checkpoints (tinylora/checkpoint.py): exact round trips, atomic writes, no pickle, clear mismatch errors.
+"""Checkpoints (tinylora/train/checkpoint.py): exact round trips, atomic writes, no pickle, clear mismatch errors.
 
 A checkpoint folder holds the trainable parameters, the optimizer state (Adam's m and v), the
 scheduler step and the RNG state. These tests save one after a few real training steps, so
@@ -14,10 +14,10 @@ import pytest
 
 import tinylora
 from tinylora import GPT, GPTConfig
-from tinylora import checkpoint as ckpt
-from tinylora import random as tl_random
+from tinylora.train import checkpoint as ckpt
+from tinylora.engine import random as tl_random
 from tinylora.lora import apply_lora
-from tinylora.train import TrainConfig, make_optimizer
+from tinylora.train.loop import TrainConfig, make_optimizer
 
 CONFIG = TrainConfig(max_steps=10, lr=1e-2, warmup_steps=2)
 

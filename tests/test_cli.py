@@ -1,4 +1,4 @@
-"""The `tinylora` command (tinylora/cli.py), run in-process through main([...]) on tiny models.
+"""The `tinylora` command (tinylora/cli/commands.py), run in-process through main([...]) on tiny models.
 
 Every command that needs a base model gets a tiny GPT (2 layers, C = 32) saved once per module,
 not the shipped base-mini. One test runs `python -m tinylora.cli` in a subprocess to check what
@@ -18,11 +18,11 @@ import tinylora
 from tinylora import GPT, GPTConfig
 from tinylora.cli import COMMANDS, main
 from tinylora.data import write_e2e, write_jsonl
-from tinylora.generate import generate
+from tinylora.model.generate import generate
 from tinylora.io import load_tensors, read_json
 from tinylora.lora import apply_lora, load_adapter, lora_layers, save_adapter
-from tinylora.plot import read_metrics
-from tinylora.pretrained import load_model, save_model
+from tinylora.train.plot import read_metrics
+from tinylora.model.load import load_model, save_model
 from tinylora.tokenizers import ByteTokenizer
 
 FAST = ["--max-steps", "3", "--batch-size", "4", "--eval-batches", "1", "--no-progress"]  # training flags for tests
@@ -183,7 +183,7 @@ def test_finetune_on_new_text(capsys, tmp_path, base, method):
 
 def test_finetune_ctrl_c_then_resume(capsys, monkeypatch, tmp_path, base):
     """Ctrl-C is reported in one line (exit code 130); --resume then ends with the adapter of an uninterrupted run."""
-    from tinylora import train as tl_train
+    from tinylora.train import loop as tl_train
 
     data = tmp_path / "notes.txt"
     data.write_text(some_text(5))

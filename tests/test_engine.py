@@ -15,7 +15,7 @@ import pytest
 
 import tinylora
 import tinylora.functional as F
-from tinylora.backend import memory
+from tinylora.engine.backend import memory
 from tinylora.nn import Linear, Parameter
 
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import tinylora
 import tinylora.functional as F
-from tinylora.ops.gelu import gelu_reference_backward, gelu_reference_forward
+from tinylora.engine.ops.gelu import gelu_reference_backward, gelu_reference_forward
 
 
 @given(n=st.integers(1, 200), seed=st.integers(0, 10**6), dtype=st.sampled_from(["float32", "float64"]))

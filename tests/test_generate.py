@@ -1,4 +1,4 @@
-"""tinylora.generate: cached and uncached generation agree, sampling filters keep the right tokens,
+"""tinylora.model.generate: cached and uncached generation agree, sampling filters keep the right tokens,
 sampling follows the probabilities, eos stops, modes are restored, bad arguments are named."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import tinylora
-from tinylora.generate import filter_top_k, filter_top_p, generate, sample_next
-from tinylora.gpt import GPT, GPTConfig
+from tinylora.model.generate import filter_top_k, filter_top_p, generate, sample_next
+from tinylora.model.gpt import GPT, GPTConfig
 
 CONFIG = dict(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 

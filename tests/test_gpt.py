@@ -1,4 +1,4 @@
-"""tinylora.gpt: configs, parameter names, GPT-2 init, the forward math (against Hugging Face, logits and
+"""tinylora.model.gpt: configs, parameter names, GPT-2 init, the forward math (against Hugging Face, logits and
 every gradient), the tied embedding, the KV cache, and clear errors."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import assert_close, require
 import tinylora
 import tinylora.functional as F
 from tinylora import nn
-from tinylora.gpt import GPT, GPTConfig, KVCache
+from tinylora.model.gpt import GPT, GPTConfig, KVCache
 
 SMALL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 
@@ -156,8 +156,8 @@ def test_attention_saves_only_what_backward_needs():
     """Frozen W_q, W_k, W_v, W_o and an input that needs a gradient (as under LoRA further down):
     the nodes keep q, k, v (B, T, C) and the attention weights (B, nh, T, T) once (the fused causal
     softmax needs no mask in backward); no frozen weight's input, and no second copy of the weights."""
-    from tinylora.backend import memory
-    from tinylora.gpt import CausalSelfAttention
+    from tinylora.engine.backend import memory
+    from tinylora.model.gpt import CausalSelfAttention
 
     config = GPTConfig(**SMALL)
     attn = CausalSelfAttention(config, 0, dtype="float64").eval()

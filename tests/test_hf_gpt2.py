@@ -1,4 +1,4 @@
-"""tinylora.hf: Hugging Face GPT-2 checkpoints load into tinylora's GPT and compute the same function.
+"""tinylora.model.hf_gpt2: Hugging Face GPT-2 checkpoints load into tinylora's GPT and compute the same function.
 
 The reference is a small randomly initialised GPT2LMHeadModel (2 layers, 2
 heads, 32 dims, vocab 100, 64 positions) whose every parameter, biases and
@@ -15,8 +15,8 @@ import pytest
 from conftest import assert_close, require
 
 import tinylora
-from tinylora.gpt import GPT, GPTConfig
-from tinylora.hf import load_gpt2, save_gpt2
+from tinylora.model.gpt import GPT, GPTConfig
+from tinylora.model.hf_gpt2 import load_gpt2, save_gpt2
 from tinylora.io import FileFormatError, load_tensors, save_tensors, write_json_atomic
 from tinylora.lora import apply_lora, lora_layers, merge_lora
 

@@ -13,7 +13,7 @@ from gradcheck import gradcheck
 
 import tinylora
 from tinylora import nn
-from tinylora.gpt import GPT, GPTConfig
+from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.lora import (
     LoRALinear,
     apply_lora,
@@ -346,7 +346,7 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs():
     import numpy as np
 
     import tinylora
-    from tinylora.gpt import GPT, GPTConfig
+    from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.lora import apply_lora, lora_layers, merge_and_unload
 
     tinylora.manual_seed(1)

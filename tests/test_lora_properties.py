@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinylora
-from tinylora.generate import generate
-from tinylora.gpt import GPT, GPTConfig
+from tinylora.model.generate import generate
+from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.lora import (
     apply_lora,
     lora_layers,

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import tinylora
 import tinylora.functional as F
-from tinylora.autograd import Function
+from tinylora.engine.autograd import Function
 
 seeds = st.integers(0, 2**16)
 sides = st.integers(1, 3)

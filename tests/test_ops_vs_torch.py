@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 
 import tinylora
 import tinylora.functional as F
-from tinylora.backend import to_host
+from tinylora.engine.backend import to_host
 
 RTOL, ATOL = 1e-10, 1e-12  # float64 on both sides; see the module docstring
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import tinylora
 from tinylora import nn
-from tinylora.backend import memory
+from tinylora.engine.backend import memory
 from tinylora.optim import SGD, Adam, AdamW, LRScheduler, clip_grad_norm_, lr_at
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]  # a matrix, a vector (bias-like), a 3-D tensor

@@ -1,7 +1,7 @@
 """tinylora.lora.peft: adapters move between tinylora and Hugging Face PEFT and compute the same function.
 
 Base: a small GPT2LMHeadModel with every parameter randomised, saved once and
-loaded both by transformers and by tinylora.hf.load_gpt2. Each test gives the
+loaded both by transformers and by tinylora.model.hf_gpt2.load_gpt2. Each test gives the
 adapter a nonzero B (a zero B would make every comparison pass trivially) and
 compares logits in eval mode, float32, to atol 1e-5 (the base models already
 agree to about 1e-6; the LoRA path adds a few small matmuls).
@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_close, require
 
 import tinylora
-from tinylora.hf import load_gpt2
+from tinylora.model.hf_gpt2 import load_gpt2
 from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora import apply_lora, export_peft, import_peft, lora_layers, mark_only_lora_as_trainable
 
@@ -142,7 +142,7 @@ def test_import_errors(ref, tmp_path):
     with pytest.raises(ValueError, match="already have LoRA"):
         import_peft(tiny, tmp_path)  # q has LoRA already
 
-    other_base = tinylora.gpt.GPT(tinylora.gpt.GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=2, n_embd=16))
+    other_base = tinylora.model.gpt.GPT(tinylora.model.gpt.GPTConfig(vocab_size=100, block_size=64, n_layer=2, n_head=2, n_embd=16))
     with pytest.raises(ValueError, match=r"h\.0\.attn\.c_attn.*\(2, 32\).*\(2, 16\)"):
         import_peft(other_base, tmp_path)
     assert not any(True for _ in lora_layers(other_base))  # checked before anything changed

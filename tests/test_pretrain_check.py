@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+import tinylora
 from tinylora import cli
 
-ASSETS = os.path.join(os.path.dirname(cli.__file__), "assets")
+ASSETS = os.path.join(os.path.dirname(tinylora.__file__), "assets")
 
 
 def test_short_pretrain_run_reproduces_the_recorded_validation_loss(tmp_path):
@@ -28,7 +29,7 @@ def test_short_pretrain_run_reproduces_the_recorded_validation_loss(tmp_path):
 
 
 def test_shipped_base_loads_and_is_better_than_chance():
-    from tinylora.pretrained import load_model, model_info
+    from tinylora.model.load import load_model, model_info
 
     model, tokenizer = load_model("base-mini")
     info = model_info("base-mini")

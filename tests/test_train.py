@@ -1,4 +1,4 @@
-"""The training loop (tinylora/train.py): exact resume, learning, metrics, LoRA's optimizer state, masked loss.
+"""The training loop (tinylora/train/loop.py): exact resume, learning, metrics, LoRA's optimizer state, masked loss.
 
 The resume test is the issue's "done when": a run interrupted after its checkpoint at step k
 and resumed from it ends with bitwise the weights of a run that was never interrupted, for
@@ -16,14 +16,14 @@ import pytest
 
 import tinylora
 from tinylora import GPT, GPTConfig
-from tinylora import random as tl_random
-from tinylora import train as tl_train
-from tinylora.backend import memory
+from tinylora.engine import random as tl_random
+from tinylora.train import loop as tl_train
+from tinylora.engine.backend import memory
 from tinylora.data import PairDataset, TextDataset
 from tinylora.io import load_tensors, read_json
 from tinylora.lora import apply_lora, lora_layers
 from tinylora.optim import lr_at
-from tinylora.plot import read_metrics
+from tinylora.train.plot import read_metrics
 from tinylora.tokenizers import ByteTokenizer
 from tinylora.train import TrainConfig, eval_batches, evaluate, train
 

@@ -32,8 +32,8 @@ import tempfile
 
 import numpy as np
 
-from .backend import to_host
-from .tensor import Tensor
+from tinylora.engine.backend import to_host
+from tinylora.engine.tensor import Tensor
 
 # safetensors dtype codes NumPy can hold as they are (all little endian, as the format requires)
 _NUMPY_DTYPES = {

@@ -5,8 +5,8 @@
     make_e2e(n, seed), write_e2e(rows, path)          a generated E2E-style data-to-text task   (e2e.py)
 """
 
-from .e2e import format_mr, make_e2e, parse_mr, write_e2e
-from .pairs import (
+from tinylora.data.e2e import format_mr, make_e2e, parse_mr, write_e2e
+from tinylora.data.pairs import (
     IGNORE_INDEX,
     PairDataset,
     e2e_pair,
@@ -17,7 +17,7 @@ from .pairs import (
     read_pairs,
     write_jsonl,
 )
-from .text import TextDataset, load_text_dataset, read_documents, split_tokens, tokenize_documents
+from tinylora.data.text import TextDataset, load_text_dataset, read_documents, split_tokens, tokenize_documents
 
 __all__ = [
     "IGNORE_INDEX", "PairDataset", "TextDataset", "e2e_pair", "encode_pair", "format_mr", "load_pairs",

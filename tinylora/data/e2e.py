@@ -29,7 +29,7 @@ import random
 import re
 from pathlib import Path
 
-from .pairs import e2e_pair, write_jsonl
+from tinylora.data.pairs import e2e_pair, write_jsonl
 
 SLOTS = ("name", "eatType", "food", "priceRange", "customer rating", "area", "familyFriendly", "near")
 

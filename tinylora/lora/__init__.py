@@ -11,8 +11,8 @@ A ∈ R^{r×k}, r << min(d, k):  h = W0 x + (α/r) B A x.
     peft.py        export_peft / import_peft (Hugging Face PEFT's adapter format)
 """
 
-from .adapter_io import load_adapter, save_adapter
-from .apply import (
+from tinylora.lora.adapter_io import load_adapter, save_adapter
+from tinylora.lora.apply import (
     apply_lora,
     disable_lora,
     enable_lora,
@@ -25,8 +25,8 @@ from .apply import (
     parameter_report,
     unmerge_lora,
 )
-from .layer import LoRALinear
-from .peft import export_peft, import_peft
+from tinylora.lora.layer import LoRALinear
+from tinylora.lora.peft import export_peft, import_peft
 
 __all__ = [
     "LoRALinear", "apply_lora", "disable_lora", "enable_lora", "export_peft", "import_peft", "load_adapter",

@@ -26,9 +26,9 @@ import dataclasses
 import os
 import re
 
-from ..backend import move
-from ..io import load_tensors, read_json, save_tensors, write_json_atomic
-from .apply import _bias_params, apply_lora, lora_layers
+from tinylora.engine.backend import move
+from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.lora.apply import _bias_params, apply_lora, lora_layers
 
 FORMAT = "tinylora-lora-adapter"
 CONFIG_FILE, TENSOR_FILE = "adapter_config.json", "adapter.safetensors"
@@ -56,7 +56,7 @@ def _bias_mode(model, trainable: set) -> str:
 
 def adapter_config(model) -> dict:
     """The adapter_config.json content describing `model`'s LoRA layers."""
-    from .. import __version__  # here, not at the top: tinylora/__init__.py imports this package
+    from tinylora import __version__  # here, not at the top: tinylora/__init__.py imports this package
 
     modules = {name: _module_settings(layer) for name, layer in lora_layers(model)}
     if not modules:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 
-from .. import nn
-from .layer import LoRALinear
+from tinylora import nn
+from tinylora.lora.layer import LoRALinear
 
 TARGETS = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "fc": "mlp", "proj": "mlp"}  # name -> parent module
 _TIED = ("wte", "lm_head", "head", "wpe")

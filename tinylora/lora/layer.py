@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 import numbers
 
-from .. import functional as F
-from .. import nn
-from ..tensor import zeros
+from tinylora import functional as F
+from tinylora import nn
+from tinylora.engine.tensor import zeros
 
 INITS = ("kaiming", "gaussian")
 

@@ -40,10 +40,10 @@ import re
 
 import numpy as np
 
-from ..backend import move, to_host
-from ..io import load_tensors, read_json, save_tensors, write_json_atomic
-from .adapter_io import _LORA_NAME
-from .apply import TARGETS, apply_lora, lora_layers
+from tinylora.engine.backend import move, to_host
+from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.lora.adapter_io import _LORA_NAME
+from tinylora.lora.apply import TARGETS, apply_lora, lora_layers
 
 CONFIG_FILE, TENSOR_FILE = "adapter_config.json", "adapter_model.safetensors"
 HF_MODULE = {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",

@@ -1,8 +1,8 @@
 """Layers and containers: Module, Parameter, Linear, Embedding, LayerNorm, Dropout, ModuleList."""
 
-from . import init
-from .layers import Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList
-from .parameter import Parameter
+from tinylora.nn import init
+from tinylora.nn.layers import Dropout, Embedding, LayerNorm, Linear
+from tinylora.nn.module import Module, ModuleList
+from tinylora.nn.parameter import Parameter
 
 __all__ = ["Dropout", "Embedding", "LayerNorm", "Linear", "Module", "ModuleList", "Parameter", "init"]

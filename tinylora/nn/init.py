@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from ..backend import move
-from ..random import host_rng
+from tinylora.engine.backend import move
+from tinylora.engine.random import host_rng
 
 
 def _fill(param, values):

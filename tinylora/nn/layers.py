@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from .. import ops
-from ..tensor import zeros
-from . import init
-from .module import Module
-from .parameter import Parameter
+from tinylora.engine import ops
+from tinylora.engine.tensor import zeros
+from tinylora.nn import init
+from tinylora.nn.module import Module
+from tinylora.nn.parameter import Parameter
 
 
 class Linear(Module):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..backend import get_device, move
-from ..tensor import _as_dtype
-from .parameter import Parameter
+from tinylora.engine.backend import get_device, move
+from tinylora.engine.tensor import _as_dtype
+from tinylora.nn.parameter import Parameter
 
 
 class Module:
@@ -131,7 +131,7 @@ class Module:
             if data is not p.data:
                 p.data = data
                 p.grad = None
-                from ..backend import memory
+                from tinylora.engine.backend import memory
 
                 memory.track(data, "parameters")
         return self

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..backend import memory
-from ..tensor import Tensor
+from tinylora.engine.backend import memory
+from tinylora.engine.tensor import Tensor
 
 
 class Parameter(Tensor):

@@ -11,10 +11,10 @@ A training step:
     opt.step(); opt.zero_grad(); sched.step()
 """
 
-from .adam import Adam, AdamW
-from .clip import clip_grad_norm_
-from .optimizer import Optimizer
-from .schedule import LRScheduler, lr_at
-from .sgd import SGD
+from tinylora.optim.adam import Adam, AdamW
+from tinylora.optim.clip import clip_grad_norm_
+from tinylora.optim.optimizer import Optimizer
+from tinylora.optim.schedule import LRScheduler, lr_at
+from tinylora.optim.sgd import SGD
 
 __all__ = ["Adam", "AdamW", "LRScheduler", "Optimizer", "SGD", "clip_grad_norm_", "lr_at"]

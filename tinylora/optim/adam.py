@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from .optimizer import Optimizer
+from tinylora.optim.optimizer import Optimizer
 
 
 class Adam(Optimizer):

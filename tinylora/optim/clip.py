@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..tensor import Tensor
+from tinylora.engine.tensor import Tensor
 
 
 def clip_grad_norm_(parameters, max_norm: float, eps: float = 1e-6) -> float:

@@ -18,8 +18,8 @@ Every optimizer in tinylora works the same way:
 
 from __future__ import annotations
 
-from ..backend import memory, move, to_host
-from ..tensor import Tensor
+from tinylora.engine.backend import memory, move, to_host
+from tinylora.engine.tensor import Tensor
 
 
 class Optimizer:

@@ -12,7 +12,7 @@ runs in place on θ, v and a shared work buffer: a step allocates no new arrays.
 
 from __future__ import annotations
 
-from .optimizer import Optimizer
+from tinylora.optim.optimizer import Optimizer
 
 
 class SGD(Optimizer):

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bpe import EOT_TEXT, BPETokenizer, bytes_to_unicode
-from .byte import ByteTokenizer
-from .train_bpe import train_bpe
+from tinylora.tokenizers.bpe import EOT_TEXT, BPETokenizer, bytes_to_unicode
+from tinylora.tokenizers.byte import ByteTokenizer
+from tinylora.tokenizers.train_bpe import train_bpe
 
 
 def load_tokenizer(spec):

@@ -25,7 +25,7 @@ import heapq
 import re
 from collections import Counter, defaultdict
 
-from .bpe import BYTE_TO_CHAR, EOT_TEXT, PRETOKENIZE, BPETokenizer, merge_pair
+from tinylora.tokenizers.bpe import BYTE_TO_CHAR, EOT_TEXT, PRETOKENIZE, BPETokenizer, merge_pair
 
 
 def train_bpe(texts, vocab_size: int, special_tokens=(EOT_TEXT,), min_frequency: int = 2) -> BPETokenizer:

@@ -1,0 +1,298 @@
+"""The `tinylora` command: demo, pretrain, finetune, generate, merge, info.
+
+    tinylora demo                                   the whole LoRA story in under 3 minutes
+    tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
+    tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
+    tinylora generate --model MODEL [--adapter A]   sample text
+    tinylora merge --base MODEL --adapter A --out M W = W0 + BA, saved as a plain model
+    tinylora info --model MODEL [--rank r]          parameter counts
+
+Every subcommand has --help. A bad argument or file is reported in one line
+(`tinylora: error: ...`), not a traceback; set TINYLORA_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad argument is reported in one line, like every other error here."""
+
+    def error(self, message):
+        self.exit(2, f"tinylora: error: {message} (see: {self.prog} --help)\n")
+
+
+def _targets(text: str) -> tuple:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _layers(text: str):
+    if text in ("", "all"):
+        return None
+    return [int(t) for t in text.split(",")]
+
+
+def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: int) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--max-steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    g.add_argument("--batch-size", type=int, default=batch, help=f"sequences per step (default {batch})")
+    g.add_argument("--lr", type=float, default=lr,
+                   help=f"peak learning rate (default {lr if lr is not None else '2e-3 for lora, 3e-4 for full'})")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
+    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
+    g.add_argument("--eval-every", type=int, default=50, help="validate every N steps (default 50)")
+    g.add_argument("--eval-batches", type=int, default=8, help="validation batches (default 8)")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_config(args):
+    from tinylora.train.loop import TrainConfig
+
+    return TrainConfig(
+        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, schedule=args.schedule, grad_clip=args.grad_clip or None,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, progress=not args.no_progress,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="fine-tune the shipped base twice (full and LoRA) and compare",
+                       description="Fine-tune the shipped base model on a data-to-text task, full and LoRA r=4 "
+                                   "on q,v, and print one table comparing them. No download.")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per method (default: the demo's)")
+    p.add_argument("--out", default="runs/demo", help="where plots, metrics and files go (default runs/demo)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+
+    p = sub.add_parser("pretrain", help="train a GPT from scratch on text",
+                       description="Train a small GPT from scratch on a text file or folder (default: this "
+                                   "Python installation's standard-library source, which every machine has).")
+    p.add_argument("--data", default="stdlib", help="text file, folder, or 'stdlib' (default)")
+    p.add_argument("--config", default="mini", help="GPT preset: tiny, mini, gpt2, ... (default mini)")
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--tokenizer", default="byte", help="'byte' or a folder with vocab.json + merges.txt")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--run-dir", default=None, help="metrics and checkpoints (default: OUT/run)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's latest checkpoint (with the same training flags)")
+    _add_train_flags(p, steps=2000, lr=2e-3, batch=16)
+
+    p = sub.add_parser("finetune", help="fine-tune a model with LoRA or fully",
+                       description="Fine-tune a base model on a text file/folder (language modelling) or on "
+                                   "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref).")
+    p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
+    p.add_argument("--data", required=True, help="text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
+    p.add_argument("--method", choices=("lora", "full"), default="lora")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, scaling 1)")
+    p.add_argument("--targets", type=_targets, default=("q", "v"), help="comma list of q,k,v,o,fc,proj (default q,v)")
+    p.add_argument("--layers", type=_layers, default=None, help="comma list of block indices (default all)")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", default="runs/finetune", help="run folder (default runs/finetune)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's latest checkpoint (with the same training flags)")
+    _add_train_flags(p, steps=200, lr=None, batch=8)
+
+    p = sub.add_parser("generate", help="generate text from a model (and an adapter)")
+    p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
+    p.add_argument("--adapter", default=None, help="adapter folder written by finetune --method lora")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("merge", help="merge an adapter into its base: W = W0 + (alpha/r) B A")
+    p.add_argument("--base", default="base-mini")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True, help="model folder to write")
+
+    p = sub.add_parser("info", help="parameter counts, with or without LoRA")
+    p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
+    p.add_argument("--rank", type=int, default=None, help="also count LoRA of this rank")
+    p.add_argument("--targets", type=_targets, default=("q", "v"))
+    p.add_argument("--detail", action="store_true", help="one row per module")
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+def cmd_demo(args) -> None:
+    from tinylora.cli.demo import run_demo
+
+    run_demo(out_dir=args.out, steps=args.steps, device=args.device)
+
+
+def corpus_path(data: str) -> str:
+    """'stdlib' means the top-level *.py files of this Python's standard library (about 4.7 MB on 3.11)."""
+    if data != "stdlib":
+        return data
+    import sysconfig
+
+    return os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
+
+
+def cmd_pretrain(args) -> None:
+    from tinylora import manual_seed
+    from tinylora.data import load_text_dataset
+    from tinylora.model.gpt import GPT, GPTConfig
+    from tinylora.model.load import save_model
+    from tinylora.tokenizers import load_tokenizer
+    from tinylora.train.loop import train
+
+    manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.tokenizer)
+    train_set, val_set = load_text_dataset(corpus_path(args.data), tokenizer, args.block_size, val_fraction=0.05,
+                                           seed=args.seed)
+    config = GPTConfig.from_preset(args.config, vocab_size=tokenizer.vocab_size, block_size=args.block_size,
+                                   dropout=0.0)
+    model = GPT(config, device=args.device)
+    run_dir = args.run_dir or os.path.join(args.out, "run")
+    print(f"pretraining a {args.config} GPT ({model.num_parameters():,} parameters) on {len(train_set.tokens):,} tokens")
+    result = train(model, train_set, val_set, _train_config(args), run_dir=run_dir, resume=args.resume)
+    save_model(model, args.out, tokenizer, extra={
+        "pretrain": {"command": "tinylora " + shlex.join(args.argv), "data": args.data,
+                     "val_loss": result.val_loss_after, "python": sys.version.split()[0]}})
+    print(f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}; model written to {args.out}")
+
+
+def _load_finetune_data(path, tokenizer, block_size, val_fraction, seed):
+    """Pairs (.jsonl / .csv) or running text (anything else), split into train and validation."""
+    import numpy as np
+
+    from tinylora.data import PairDataset, load_text_dataset, read_pairs
+
+    if str(path).endswith((".jsonl", ".csv")):
+        pairs = read_pairs(path)
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        n_val = max(1, int(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
+        val = [pairs[i] for i in order[:n_val]]
+        train = [pairs[i] for i in order[n_val:]]
+        return PairDataset(train, tokenizer, block_size), (PairDataset(val, tokenizer, block_size) if val else None)
+    return load_text_dataset(path, tokenizer, block_size, val_fraction=val_fraction, seed=seed)
+
+
+def _no_dropout(model) -> None:
+    """Switch off the base model's dropout (a GPT-2 folder brings 0.1): fine-tuning here runs without it."""
+    from tinylora import nn
+
+    model.config.dropout = 0.0  # so a saved model's config says what its modules do
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def cmd_finetune(args) -> None:
+    from tinylora import manual_seed
+    from tinylora.lora import apply_lora, parameter_report, save_adapter
+    from tinylora.model.load import load_model, save_model
+    from tinylora.train.loop import train
+
+    manual_seed(args.seed)
+    model, tokenizer = load_model(args.base, device=args.device)
+    _no_dropout(model)
+    train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size, args.val_fraction,
+                                             args.seed)
+    if args.lr is None:
+        args.lr = 2e-3 if args.method == "lora" else 3e-4
+    if args.method == "lora":
+        apply_lora(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
+                   dropout=args.lora_dropout)
+    print(parameter_report(model)["text"].splitlines()[-1])
+    result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume)
+    if args.method == "lora":
+        save_adapter(model, os.path.join(args.out, "adapter"))
+        written = os.path.join(args.out, "adapter")
+    else:
+        save_model(model, os.path.join(args.out, "model"), tokenizer)
+        written = os.path.join(args.out, "model")
+    before = f"{result.val_loss_before:.4f} -> " if result.val_loss_before is not None else ""
+    print(f"validation loss {before}{result.val_loss_after:.4f}; median step {result.median_step_time:.3f} s; "
+          f"wrote {written}, {os.path.join(args.out, 'loss.png')}")
+
+
+def cmd_generate(args) -> None:
+    from tinylora import manual_seed, tensor
+    from tinylora.model.generate import generate
+    from tinylora.lora import load_adapter
+    from tinylora.model.load import load_model
+
+    manual_seed(args.seed)
+    model, tokenizer = load_model(args.model, device=args.device)
+    if args.adapter:
+        load_adapter(model, args.adapter)
+        manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
+    ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+    out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token=tokenizer.eot_id)
+    print(tokenizer.decode(out.numpy()[0].tolist()))
+
+
+def cmd_merge(args) -> None:
+    from tinylora.lora import load_adapter, merge_and_unload
+    from tinylora.model.load import load_model, save_model
+
+    model, tokenizer = load_model(args.base)
+    load_adapter(model, args.adapter)
+    merged = merge_and_unload(model)
+    save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(args.base), "adapter": args.adapter}})
+    print(f"merged model written to {args.out}")
+
+
+def cmd_info(args) -> None:
+    from tinylora.model.gpt import GPT, GPTConfig
+    from tinylora.lora import apply_lora, parameter_report
+    from tinylora.model.load import SHIPPED, load_model
+
+    if args.model in SHIPPED or os.path.isdir(args.model):
+        model, _ = load_model(args.model)
+    else:
+        try:
+            config = GPTConfig.from_preset(args.model)
+        except ValueError as err:
+            raise FileNotFoundError(f"--model {args.model} is not a model folder, nor a preset: {err}") from None
+        model = GPT(config)
+    if args.rank:
+        apply_lora(model, r=args.rank, targets=args.targets)
+    report = parameter_report(model)
+    print(report["text"] if args.detail else report["text"].splitlines()[-1])
+
+
+COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
+            "merge": cmd_merge, "info": cmd_info}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, recorded in what pretrain writes
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("tinylora: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError, FloatingPointError) as err:
+        if os.environ.get("TINYLORA_DEBUG"):
+            raise
+        message = " ".join(str(err).strip("'\"").split()) or type(err).__name__  # one line
+        print(f"tinylora: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

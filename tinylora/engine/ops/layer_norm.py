@@ -1,0 +1,52 @@
+"""Layer normalisation over the last axis, one fused node.
+
+    mean = (1/C) sum_c x_c,   rstd = 1 / sqrt((1/C) sum_c (x_c - mean)^2 + eps)
+    xhat = (x - mean) * rstd,  y = xhat * weight + bias          x, y: (..., C)
+
+Backward (with g = dy * weight, means over the last axis):
+
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    dweight = sum of dy * xhat,   dbias = sum of dy   (over every axis but the last)
+
+The node keeps xhat and rstd (like llm.c, it never keeps x and mean as well).
+"""
+
+from __future__ import annotations
+
+from tinylora.engine.autograd import Function
+
+
+class LayerNorm(Function):
+    def forward(self, x, weight, bias, eps):
+        centered = x - x.mean(axis=-1, keepdims=True)
+        rstd = 1.0 / self.xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+        xhat = centered
+        xhat *= rstd  # reuse the buffer: xhat = (x - mean) * rstd
+        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        self.save_for_backward(
+            xhat if (need_x or need_w) else None,
+            rstd if need_x else None,
+            weight if need_x else None,
+        )
+        return xhat * weight + bias
+
+    def backward(self, grad):
+        xhat, rstd, weight = self.saved
+        reduce_axes = tuple(range(grad.ndim - 1))
+        dx = dw = db = None
+        if self.needs_input_grad[0]:
+            g = grad * weight
+            dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+        if self.needs_input_grad[1]:
+            dw = (grad * xhat).sum(axis=reduce_axes)
+        if self.needs_input_grad[2]:
+            db = grad.sum(axis=reduce_axes)
+        return dx, dw, db
+
+
+def layer_norm(x, weight, bias, eps: float = 1e-5):
+    """Normalise the last axis of x to zero mean, unit variance, then scale by weight and shift by bias (both (C,))."""
+    c = x.shape[-1]
+    if weight.shape != (c,) or bias.shape != (c,):
+        raise ValueError(f"layer_norm: weight {weight.shape} and bias {bias.shape} must both be ({c},) for input {x.shape}")
+    return LayerNorm.apply(x, weight, bias, eps=float(eps))

@@ -1,0 +1,66 @@
+"""Cross-entropy of logits against integer targets: one fused node.
+
+For N positions with logits z_n (C classes) and targets t_n:
+
+    loss = -(1/M) * sum over kept n of log softmax(z_n)[t_n]
+
+where "kept" excludes targets equal to `ignore_index` (default -100, as in
+PyTorch) and M is the number kept: the mean is over non-ignored targets only.
+This is how a prompt/completion example puts the loss on the completion alone.
+
+Backward needs only the probabilities: dz_n = (softmax(z_n) - onehot(t_n)) * dL / M.
+The node keeps one (N, C) array of probabilities, not the logits, and turns it
+into the gradient in place during backward.
+"""
+
+from __future__ import annotations
+
+from tinylora.engine.autograd import Function
+
+
+class CrossEntropy(Function):
+    def forward(self, logits, targets, ignore_index):
+        xp = self.xp
+        n_classes = logits.shape[-1]
+        z = logits.reshape(-1, n_classes)  # (N, C)
+        t = targets.reshape(-1)  # (N,)
+        keep = t != ignore_index
+        kept = int(keep.sum())
+        if kept == 0:
+            raise ValueError("cross_entropy: every target equals ignore_index, so the mean is over nothing")
+        t_safe = xp.where(keep, t, 0)
+        if int(t_safe.min()) < 0 or int(t_safe.max()) >= n_classes:
+            raise IndexError(f"cross_entropy: targets must lie in [0, {n_classes}) or equal ignore_index={ignore_index}")
+        rows = xp.arange(z.shape[0])
+        row_max = z.max(axis=1, keepdims=True)  # (N, 1)
+        probs = z - row_max  # (N, C), the one big buffer
+        xp.exp(probs, out=probs)
+        total = probs.sum(axis=1, keepdims=True)  # (N, 1)
+        probs /= total  # now softmax(z)
+        # log softmax(z)[t] = z[t] - max - log(total)
+        log_p_target = z[rows, t_safe] - row_max[:, 0] - xp.log(total[:, 0])  # (N,)
+        loss = -(log_p_target * keep).sum() / kept
+        self.shape, self.kept = logits.shape, kept
+        self.save_for_backward(probs, t_safe, keep)
+        return xp.asarray(loss, dtype=logits.dtype)
+
+    def backward(self, grad):
+        probs, t_safe, keep = self.saved
+        dz = probs  # reuse the saved buffer: this node is released right after
+        dz[self.xp.arange(dz.shape[0]), t_safe] -= 1
+        dz *= keep[:, None] * (grad / self.kept)
+        return dz.reshape(self.shape)
+
+
+def cross_entropy(logits, targets, ignore_index: int = -100):
+    """Mean cross-entropy of `logits` (..., C) against int `targets` (...), skipping `ignore_index`."""
+    from tinylora.engine.tensor import Tensor
+
+    t = targets.data if isinstance(targets, Tensor) else logits.device.xp.asarray(targets)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got dtype {t.dtype}")
+    if tuple(t.shape) != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets shape {tuple(t.shape)} must equal logits shape without the last axis {logits.shape[:-1]}")
+    if isinstance(targets, Tensor) and targets.device != logits.device:
+        raise RuntimeError(f"cross_entropy: targets are on {targets.device} but logits on {logits.device}")
+    return CrossEntropy.apply(logits, targets=t, ignore_index=ignore_index)

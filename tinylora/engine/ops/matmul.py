@@ -1,0 +1,99 @@
+"""Matrix products: `matmul` (batched, broadcast) and `linear` (x @ W.T + b, the layer LoRA adapts).
+
+The memory rule that makes LoRA cheap lives here. For y = x @ W.T:
+
+    dx = dy @ W        needs W (a parameter: alive anyway, costs nothing extra)
+    dW = dy.T @ x      needs x (an activation: the expensive thing to keep)
+
+So when W is frozen, the node saves W but not x.
+"""
+
+from __future__ import annotations
+
+from tinylora.engine.autograd import Function, unbroadcast
+from tinylora.engine.ops._util import broadcast_shapes
+
+
+def _swap_last(a):
+    return a.swapaxes(-1, -2)
+
+
+class MatMul(Function):
+    # forward: y = a @ b  (a: (..., n, k), b: (..., k, m), leading axes broadcast)
+    # backward: da = dy @ b^T, db = a^T @ dy
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape)
+        self.save_for_backward(b if self.needs_input_grad[0] else None, a if self.needs_input_grad[1] else None)
+        return a @ b
+
+    def backward(self, grad):
+        b, a = self.saved
+        da = unbroadcast(grad @ _swap_last(b), self.shapes[0]) if self.needs_input_grad[0] else None
+        db = None
+        if self.needs_input_grad[1]:
+            if len(self.shapes[1]) == 2 and a.ndim > 2:  # a (..., n, k) @ b (k, m): one big product, not a batch to sum
+                k = a.shape[-1]
+                db = a.reshape(-1, k).T @ grad.reshape(-1, grad.shape[-1])
+            else:
+                db = unbroadcast(_swap_last(a) @ grad, self.shapes[1])
+        return da, db
+
+
+class Linear(Function):
+    # forward: y = x @ W.T + b   x: (..., in), W: (out, in), b: (out,)
+    # backward: dx = dy @ W, dW = dy.T @ x, db = sum of dy over every axis but the last
+    def forward(self, x, weight, bias=None):
+        self.x_shape = x.shape
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in): one matrix product for all positions
+        self.save_for_backward(
+            weight if self.needs_input_grad[0] else None,
+            x2 if self.needs_input_grad[1] else None,  # only a trainable W needs the input
+        )
+        y = x2 @ weight.T  # (N, out)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    def backward(self, grad):
+        weight, x2 = self.saved
+        g2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        dx = (g2 @ weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        dw = g2.T @ x2 if self.needs_input_grad[1] else None
+        db = g2.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def matmul(a, b):
+    """a @ b with NumPy's rules: batched over leading axes, which broadcast. 1-D inputs are vectors."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: scalars cannot be multiplied as matrices (shapes {a.shape} and {b.shape})")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(
+            f"matmul: shapes {a.shape} and {b.shape} do not align "
+            f"({a.shape[-1]} != {b.shape[-2 if b.ndim > 1 else 0]})"
+        )
+    if a.ndim == 1 and b.ndim == 1:  # a dot product: (k,) @ (k,) -> ()
+        return matmul(a.reshape(1, -1), b.reshape(-1, 1)).reshape(())
+    if a.ndim == 1:
+        return matmul(a.reshape(1, -1), b).reshape(*b.shape[:-2], b.shape[-1])
+    if b.ndim == 1:
+        return matmul(a, b.reshape(-1, 1)).reshape(*a.shape[:-1])
+    try:
+        broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: the batch axes of shapes {a.shape} and {b.shape} do not broadcast") from None
+    return MatMul.apply(a, b)
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias, with weight stored (out_features, in_features) as in PyTorch and the paper."""
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input shape {x.shape} does not match weight shape {weight.shape} "
+            f"(last input axis must be in_features = {weight.shape[1]})"
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias shape {bias.shape} does not match out_features = {weight.shape[0]}")
+    return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)

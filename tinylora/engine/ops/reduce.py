@@ -1,0 +1,97 @@
+"""Reductions over axes: sum, mean, max, var (with keepdims).
+
+Conventions a student can trip on:
+- `axis` may be an int, a tuple, or None (all axes); PyTorch's `dim=` is accepted too.
+- `var` uses `ddof=0` by default (NumPy's population variance, what LayerNorm uses);
+  pass ddof=1 for PyTorch's default unbiased estimate.
+- `max` splits the gradient equally between tied maxima (like torch.amax), so
+  the gradient always sums to the upstream gradient.
+"""
+
+from __future__ import annotations
+
+from tinylora.engine.autograd import Function
+from tinylora.engine.ops._util import normalize_axes, pick_axis
+
+
+def _keep(grad, axes, keepdims, xp):
+    """Re-insert reduced axes (as size 1) so `grad` broadcasts against the input."""
+    return grad if keepdims else xp.expand_dims(grad, axes)
+
+
+class Sum(Function):
+    # forward: y = sum of x over `axes`     backward: dx = dy broadcast back to x's shape
+    def forward(self, x, axes, keepdims):
+        self.x_shape, self.axes, self.keepdims = x.shape, axes, keepdims
+        return x.sum(axis=axes, keepdims=keepdims)
+
+    def backward(self, grad):
+        return self.xp.broadcast_to(_keep(grad, self.axes, self.keepdims, self.xp), self.x_shape)
+
+
+class Mean(Function):
+    # forward: y = (1/n) sum x              backward: dx = dy / n, broadcast
+    def forward(self, x, axes, keepdims):
+        self.x_shape, self.axes, self.keepdims = x.shape, axes, keepdims
+        self.count = 1
+        for a in axes:
+            self.count *= x.shape[a]
+        return x.mean(axis=axes, keepdims=keepdims)
+
+    def backward(self, grad):
+        g = _keep(grad, self.axes, self.keepdims, self.xp) / self.count
+        return self.xp.broadcast_to(g, self.x_shape)
+
+
+class Max(Function):
+    # forward: y = max of x over `axes`     backward: dx = dy * [x == y] / (number of ties)
+    def forward(self, x, axes, keepdims):
+        self.axes, self.keepdims = axes, keepdims
+        y = x.max(axis=axes, keepdims=True)
+        winners = x == y  # bool mask of the maxima
+        share = winners / winners.sum(axis=axes, keepdims=True).astype(x.dtype)
+        self.save_for_backward(share)
+        return y if keepdims else y.squeeze(axis=axes)
+
+    def backward(self, grad):
+        (share,) = self.saved
+        return _keep(grad, self.axes, self.keepdims, self.xp) * share
+
+
+class Var(Function):
+    # forward: y = sum((x - mean)^2) / (n - ddof)     backward: dx = dy * 2 (x - mean) / (n - ddof)
+    def forward(self, x, axes, keepdims, ddof):
+        self.axes, self.keepdims = axes, keepdims
+        n = 1
+        for a in axes:
+            n *= x.shape[a]
+        if n - ddof <= 0:
+            raise ValueError(f"var: {n} elements with ddof={ddof} leaves no degrees of freedom")
+        centered = x - x.mean(axis=axes, keepdims=True)
+        self.divisor = n - ddof
+        self.save_for_backward(centered)
+        return (centered * centered).sum(axis=axes, keepdims=keepdims) / self.divisor
+
+    def backward(self, grad):
+        (centered,) = self.saved
+        return _keep(grad, self.axes, self.keepdims, self.xp) * centered * (2.0 / self.divisor)
+
+
+def sum(x, axis=None, keepdims=False, *, dim=None):
+    """Sum over `axis` (int, tuple or None for all)."""
+    return Sum.apply(x, axes=normalize_axes(pick_axis(axis, dim), x.ndim), keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False, *, dim=None):
+    """Mean over `axis`."""
+    return Mean.apply(x, axes=normalize_axes(pick_axis(axis, dim), x.ndim), keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False, *, dim=None):
+    """Maximum over `axis` (values only); ties share the gradient equally."""
+    return Max.apply(x, axes=normalize_axes(pick_axis(axis, dim), x.ndim), keepdims=keepdims)
+
+
+def var(x, axis=None, keepdims=False, ddof=0, *, dim=None):
+    """Variance over `axis`, divided by n - ddof (ddof=0 by default, as NumPy)."""
+    return Var.apply(x, axes=normalize_axes(pick_axis(axis, dim), x.ndim), keepdims=keepdims, ddof=ddof)

@@ -1,0 +1,50 @@
+"""softmax and log_softmax along one axis, each a single fused node.
+
+Both subtract the row maximum first, so exp never overflows:
+softmax(x) = exp(x - m) / sum(exp(x - m)) for m = max(x).
+"""
+
+from __future__ import annotations
+
+from tinylora.engine.autograd import Function
+from tinylora.engine.ops._util import pick_axis
+
+
+class Softmax(Function):
+    # forward: y = exp(x - max) / sum(exp(x - max))
+    # backward: dx = y * (dy - sum(dy * y))   (sums along `axis`)
+    def forward(self, x, axis):
+        self.axis = axis
+        y = self.xp.exp(x - x.max(axis=axis, keepdims=True))
+        y /= y.sum(axis=axis, keepdims=True)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, grad):
+        (y,) = self.saved
+        return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    # forward: y = x - max - log(sum(exp(x - max)))
+    # backward: dx = dy - exp(y) * sum(dy)
+    def forward(self, x, axis):
+        self.axis = axis
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - self.xp.log(self.xp.exp(shifted).sum(axis=axis, keepdims=True))
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, grad):
+        (y,) = self.saved
+        return grad - self.xp.exp(y) * grad.sum(axis=self.axis, keepdims=True)
+
+
+def softmax(x, axis=-1, *, dim=None):
+    """Probabilities along `axis` (default the last)."""
+    return Softmax.apply(x, axis=pick_axis(axis, dim))
+
+
+def log_softmax(x, axis=-1, *, dim=None):
+    """Log-probabilities along `axis`, computed stably (never log of a softmax)."""
+    return LogSoftmax.apply(x, axis=pick_axis(axis, dim))

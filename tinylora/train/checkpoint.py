@@ -1,0 +1,106 @@
+"""Training checkpoints: what is needed to stop a run and resume it exactly.
+
+A checkpoint is a folder:
+
+    step-000200/
+        trainable.safetensors   the trainable parameters only (a LoRA adapter's A and B,
+                                or every weight for full fine-tuning), by parameter name
+        optimizer.safetensors   the optimizer's state arrays (Adam's m and v, ...)
+        state.json              step, optimizer/scheduler settings, RNG state, run config
+
+Frozen weights are not copied: they are whatever the base model was. The
+folder is written under a temporary name and renamed into place when complete,
+and `latest.json` (written atomically) names the newest one, so a crash never
+leaves a half-written checkpoint that a resume would trust. Files are
+safetensors and JSON: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from tinylora.engine import random as tl_random
+from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+
+LATEST = "latest.json"
+
+
+def _trainable_state(model) -> dict:
+    return {name: p.data for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra: dict | None = None) -> str:
+    """Write checkpoint `step` into `run_dir` (atomically) and point latest.json at it. Returns its path."""
+    os.makedirs(run_dir, exist_ok=True)
+    name = f"step-{step:06d}"
+    final = os.path.join(run_dir, name)
+    temp = os.path.join(run_dir, f".{name}.tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    os.makedirs(temp)
+    try:
+        save_tensors(os.path.join(temp, "trainable.safetensors"), _trainable_state(model))
+        opt_state = optimizer.state_dict()
+        flat = {f"{name}/{slot}": array for name, slots in opt_state["state"].items() for slot, array in slots.items()}
+        save_tensors(os.path.join(temp, "optimizer.safetensors"), flat)
+        write_json_atomic(
+            os.path.join(temp, "state.json"),
+            {
+                "step": step,
+                "optimizer": {"param_groups": opt_state["param_groups"], "step": opt_state["step"]},
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": tl_random.get_rng_state(),
+                "extra": extra or {},
+            },
+        )
+    except BaseException:  # a failed write (disk full, Ctrl-C) leaves no half folder behind
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if os.path.exists(final):  # re-saving the same step: replace the old folder
+        shutil.rmtree(final)
+    os.replace(temp, final)  # the folder appears complete or not at all
+    write_json_atomic(os.path.join(run_dir, LATEST), {"checkpoint": name, "step": step})
+    return final
+
+
+def latest_checkpoint(run_dir) -> str | None:
+    """The newest complete checkpoint folder in `run_dir`, or None."""
+    pointer = os.path.join(run_dir, LATEST)
+    if not os.path.exists(pointer):
+        return None
+    return os.path.join(run_dir, read_json(pointer)["checkpoint"])
+
+
+def load_checkpoint(path, model, optimizer, scheduler=None) -> dict:
+    """Restore model's trainable parameters, the optimizer, the scheduler and the RNG from `path`.
+
+    `path` may be a checkpoint folder or a run folder (then its latest checkpoint).
+    Returns the state.json dict (with "step" and "extra").
+    """
+    if os.path.exists(os.path.join(path, LATEST)):
+        path = latest_checkpoint(path)
+    state = read_json(os.path.join(path, "state.json"))
+    trainable = load_tensors(os.path.join(path, "trainable.safetensors"))
+    own = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(own) - set(trainable))
+    unexpected = sorted(set(trainable) - set(own))
+    if missing or unexpected:
+        raise KeyError(
+            f"checkpoint {path} does not match the model's trainable parameters: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]} (same --method, --rank and --targets?)"
+        )
+    shapes = [f"{n}: {tuple(a.shape)} saved, {own[n].shape} in the model"
+              for n, a in trainable.items() if tuple(a.shape) != own[n].shape]
+    if shapes:  # checked before anything is loaded, so a failed load leaves the model as it was
+        raise ValueError(f"checkpoint {path} does not match the model's trainable parameters: "
+                         f"{'; '.join(shapes[:3])} (same --rank?)")
+    model.load_state_dict(trainable, strict=False)
+    opt_state = dict(state["optimizer"], state={})
+    for key, array in load_tensors(os.path.join(path, "optimizer.safetensors")).items():
+        name, slot = key.rsplit("/", 1)
+        opt_state["state"].setdefault(name, {})[slot] = array
+    optimizer.load_state_dict(opt_state)
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    tl_random.set_rng_state(state["rng"])
+    return state
