@@ -107,12 +107,15 @@ def _bias_params(model, bias: str) -> list:
 def mark_only_lora_as_trainable(model, bias: str = "none"):
     """Freeze everything except every LoRALinear's A and B (and biases, per `bias`). Returns `model`.
 
+    "A and B" means each layer's `adapter_parameters()`: a method in tinylora.methods may add its own
+    (DoRA's magnitude m, AdaLoRA's Λ), and those train too.
+
     bias="none":      only A and B train (the paper's setting);
     bias="all":       also every bias of every nn.Linear and nn.LayerNorm in the model;
     bias="lora_only": also the biases of the Linears that LoRA wraps.
     Note: a trained bias changes the base model, so it must be saved with the adapter.
     """
-    train = [p for _, layer in lora_layers(model) for p in (layer.lora_A, layer.lora_B)]
+    train = [p for _, layer in lora_layers(model) for p in layer.adapter_parameters()]
     if not train:
         raise ValueError("mark_only_lora_as_trainable: the model has no LoRA layers (call apply_lora first)")
     train += _bias_params(model, bias)
@@ -126,7 +129,7 @@ def mark_only_lora_as_trainable(model, bias: str = "none"):
 
 def lora_state_dict(model, bias: str = "none") -> "OrderedDict[str, object]":
     """name -> array of every lora_A and lora_B (plus the biases of `bias` mode): what an adapter file holds."""
-    keep = {id(p) for _, layer in lora_layers(model) for p in (layer.lora_A, layer.lora_B)}
+    keep = {id(p) for _, layer in lora_layers(model) for p in layer.adapter_parameters()}
     keep |= {id(p) for p in _bias_params(model, bias)}
     return OrderedDict((name, p.data) for name, p in model.named_parameters() if id(p) in keep)
 

@@ -104,6 +104,11 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
+    def adapter_parameters(self) -> list:
+        """The parameters this layer adds and trains: [A, B] here; a method that adds more (DoRA's
+        magnitude, AdaLoRA's Λ) extends the list, and `mark_only_lora_as_trainable` trains exactly these."""
+        return [self.lora_A, self.lora_B]
+
     def reset_lora_parameters(self) -> None:
         """A random (per `init`), B = 0, so ΔW = BA = 0."""
         if self.merged:

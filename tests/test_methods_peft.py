@@ -1,0 +1,214 @@
+"""The LoRA-family methods against Hugging Face PEFT on the same GPT-2 weights, in float64.
+
+Base: a small GPT2LMHeadModel with every parameter randomised, in float64, loaded both by transformers
+and by tinylora.model.hf_gpt2.load_gpt2. PEFT adapts GPT-2's fused c_attn (q, k, v rows) as one
+module; tinylora adapts q, k and v separately. The mapping used here is exact both ways:
+
+    PEFT c_attn  A (R, C), B (3C, R), m (3C,)    tinylora q, k, v: ONE shared A Parameter (R, C),
+                                                 B_q, B_k, B_v = row blocks of B, m_q, m_k, m_v likewise
+
+(DoRA's norm is per output row, so row block t of ‖W0 + sBA‖_c is ‖W0_t + s B_t A‖_c.) Sharing the A
+Parameter makes gradients add up as PEFT's do, so logits, EVERY gradient and several SGD steps of
+training can be compared, not logits alone. c_proj, c_fc and mlp.c_proj map one to one.
+Tolerance: 1e-12 absolute in float64 (both libraries run the same sums in a different order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, require
+
+import tinylora
+from tinylora.model.hf_gpt2 import load_gpt2
+from tinylora.optim import SGD
+
+pytestmark = pytest.mark.ref
+
+HF_SIZES = dict(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=32, bos_token_id=None, eos_token_id=None)
+C = HF_SIZES["n_embd"]
+ATOL = 1e-12  # float64: same math, different summation order
+IDX = np.random.default_rng(1).integers(0, HF_SIZES["vocab_size"], size=(2, 10))
+TARGETS = np.random.default_rng(3).integers(0, HF_SIZES["vocab_size"], size=(2, 10))
+UPSTREAM = np.random.default_rng(2).normal(size=(2, 10, HF_SIZES["vocab_size"]))  # random dL/dlogits
+PLACES = {"attn.c_attn": ("attn", ("q", "k", "v")), "attn.c_proj": ("attn", ("o",)),
+          "mlp.c_fc": ("mlp", ("fc",)), "mlp.c_proj": ("mlp", ("proj",))}
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    """(torch, peft, load_hf, base_dir): load_hf() returns a fresh float64 HF copy of the randomised base."""
+    torch = require("torch")
+    transformers = require("transformers")
+    peft = require("peft")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_SIZES))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.1)
+            if ".ln_" in name and name.endswith("weight"):
+                p.add_(1.0)
+    base = tmp_path_factory.mktemp("methods_peft_base")
+    model.save_pretrained(base)
+
+    def load_hf():
+        return transformers.GPT2LMHeadModel.from_pretrained(base, torch_dtype=torch.float64).eval()
+
+    return torch, peft, load_hf, base
+
+
+def peft_model(ref, seed=1, randomise=True, **lora_config):
+    """A PEFT model on c_attn, c_proj, c_fc, with every LoRA tensor randomised (nonzero B, m off ‖W0‖)."""
+    torch, peft, load_hf, _ = ref
+    config = peft.LoraConfig(target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, **lora_config)
+    hf = peft.get_peft_model(load_hf(), config).eval()
+    if randomise:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if "lora_A" in name or "lora_B" in name:
+                    p.normal_(0.0, 0.2)
+                elif "lora_magnitude" in name:
+                    p.mul_(1.0 + 0.3 * torch.rand_like(p))
+    return hf
+
+
+def peft_adapters(hf):
+    """{(block, HF module): {"A": tensor, "B": tensor, "m": tensor or absent}} of a PEFT GPT-2 model."""
+    found = {}
+    for name, p in hf.named_parameters():
+        parts = name.split(".")
+        if "h" not in parts:
+            continue
+        i = int(parts[parts.index("h") + 1])
+        module = ".".join(parts[parts.index("h") + 2:parts.index("h") + 4])
+        for key, short in (("lora_A", "A"), ("lora_B", "B"), ("lora_magnitude_vector", "m")):
+            if key in parts:
+                found.setdefault((i, module), {})[short] = p
+    return found
+
+
+def mirror(tiny, hf):
+    """Copy PEFT's adapters into tinylora's layers (already applied with matching r, α), tying q, k, v's A.
+
+    Returns [(tinylora tensors, how to assemble them, PEFT tensor)] for comparing gradients and values.
+    """
+    pairs = []
+    for (i, module), tensors in sorted(peft_adapters(hf).items()):
+        parent_name, targets = PLACES[module]
+        parent = getattr(tiny.blocks[i], parent_name)
+        layers = [getattr(parent, t) for t in targets]
+        shared = layers[0].lora_A
+        shared.data[...] = tensors["A"].detach().numpy()
+        for layer in layers[1:]:
+            layer.lora_A = shared  # one Parameter, as PEFT's one A
+        rows = len(targets)
+        for row, layer in enumerate(layers):
+            block = slice(row * C, (row + 1) * C) if rows == 3 else slice(None)
+            layer.lora_B.data[...] = tensors["B"].detach().numpy()[block]
+            if "m" in tensors:
+                layer.magnitude.data[...] = tensors["m"].detach().numpy()[block]
+        pairs.append(([shared], "one", tensors["A"]))
+        pairs.append(([layer.lora_B for layer in layers], "rows", tensors["B"]))
+        if "m" in tensors:
+            pairs.append(([layer.magnitude for layer in layers], "rows", tensors["m"]))
+    return pairs
+
+
+def tiny_forward_backward(tiny):
+    logits = tiny(tinylora.tensor(IDX))[0]
+    logits.backward(tinylora.tensor(UPSTREAM))
+    return logits.detach().numpy()
+
+
+def hf_forward_backward(torch, hf):
+    logits = hf(input_ids=torch.tensor(IDX)).logits
+    logits.backward(torch.tensor(UPSTREAM))
+    return logits.detach().numpy()
+
+
+def assemble(tensors, how, grad=False):
+    arrays = [t.grad.numpy() if grad else t.detach().numpy() for t in tensors]
+    return arrays[0] if how == "one" else np.concatenate(arrays)
+
+
+def compare_logits_and_gradients(ref, tiny, hf):
+    """Logits and every adapter gradient of one forward/backward with a random upstream gradient."""
+    torch = ref[0]
+    pairs = mirror(tiny, hf)
+    assert_close(tiny_forward_backward(tiny), hf_forward_backward(torch, hf), rtol=0, atol=ATOL, what="logits")
+    trainable = {id(p) for p in tiny.parameters() if p.requires_grad}
+    compared = set()
+    for tensors, how, theirs in pairs:
+        assert theirs.grad is not None and float(theirs.grad.abs().max()) > 1e-3  # a real gradient
+        assert_close(assemble(tensors, how, grad=True), theirs.grad.numpy(), rtol=0, atol=ATOL, what="gradient")
+        compared |= {id(t) for t in tensors}
+    assert compared == trainable  # every trainable tinylora tensor was compared
+    return pairs
+
+
+def train_both(ref, tiny, hf, steps=20, lr=0.1):
+    """`steps` plain-SGD steps on the cross-entropy of TARGETS in both libraries; returns both final logits.
+
+    (A cross-entropy, not the linear loss of one backward: that one grows without bound, and its
+    training amplifies the libraries' rounding differences step by step, for plain LoRA as much.)
+    """
+    torch = ref[0]
+    mirror(tiny, hf)
+    opt = SGD(tiny.named_parameters(), lr=lr)
+    hf_params = [p for p in hf.parameters() if p.requires_grad]
+    hf_opt = torch.optim.SGD(hf_params, lr=lr)
+    vocab = HF_SIZES["vocab_size"]
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = tiny(tinylora.tensor(IDX))[0]
+        tinylora.functional.cross_entropy(logits.reshape(-1, vocab), tinylora.tensor(TARGETS.reshape(-1))).backward()
+        opt.step()
+        hf_opt.zero_grad()
+        logits = hf(input_ids=torch.tensor(IDX)).logits
+        torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), torch.tensor(TARGETS.reshape(-1))).backward()
+        hf_opt.step()
+    with tinylora.no_grad():
+        ours = tiny(tinylora.tensor(IDX))[0].numpy()
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(IDX)).logits.numpy()
+    return ours, theirs
+
+
+def merged_c_attn(tiny, i):
+    """tinylora's merged q, k, v weights stacked as HF's c_attn Conv1D weight (C, 3C)."""
+    attn = tiny.blocks[i].attn
+    return np.concatenate([getattr(attn, t).base.weight.data for t in ("q", "k", "v")]).T
+
+
+def tiny_model(ref, apply, **kwargs):
+    """tinylora's float64 copy of the base with `apply` on every module PEFT adapts."""
+    tiny = load_gpt2(ref[3], dtype="float64").eval()
+    return apply(tiny, targets=("q", "k", "v", "o", "fc", "proj"), **kwargs)
+
+
+# ------------------------------------------------------------------ DoRA
+def test_dora_logits_and_every_gradient_equal_peft(ref):
+    from tinylora.methods.dora import apply_dora
+
+    hf = peft_model(ref, r=3, lora_alpha=5, use_dora=True)
+    tiny = tiny_model(ref, apply_dora, r=3, alpha=5)
+    compare_logits_and_gradients(ref, tiny, hf)
+
+
+@pytest.mark.slow  # ~8 s: 20 steps in both libraries
+def test_dora_training_and_merged_weights_equal_peft(ref):
+    from tinylora.methods.dora import apply_dora
+    from tinylora.lora import merge_lora
+
+    hf = peft_model(ref, r=2, lora_alpha=4, use_dora=True)
+    tiny = tiny_model(ref, apply_dora, r=2, alpha=4)
+    ours, theirs = train_both(ref, tiny, hf)
+    assert_close(ours, theirs, rtol=0, atol=ATOL, what="logits after 20 SGD steps")
+    merge_lora(tiny)
+    merged = hf.merge_and_unload()
+    for i in range(HF_SIZES["n_layer"]):
+        h = merged.transformer.h[i]
+        assert_close(merged_c_attn(tiny, i), h.attn.c_attn.weight.detach().numpy(), rtol=0, atol=ATOL, what="c_attn")
+        assert_close(tiny.blocks[i].mlp.fc.base.weight.data.T, h.mlp.c_fc.weight.detach().numpy(), rtol=0,
+                     atol=ATOL, what="c_fc")

@@ -1,0 +1,50 @@
+"""rsLoRA: rank-stabilised scaling (Kalajdzievski 2023, arXiv 2312.03732).
+
+    h = W0 x + s B A x,   s = α / √r   (LoRA: s = α / r)
+
+Shapes and parameters are LoRA's (A (r, k), B (d, r), |Θ| = r(d + k) per adapted d×k weight); only the
+constant s changes. Why √r: starting from B = 0, one SGD step with learning rate η gives
+
+    ΔB = -η s G (A x)ᵀ,   ΔW = s ΔB A = -η s² G xᵀ AᵀA,   E[AᵀA] = r/(3k) · I  (A ~ U(±1/√k))
+
+so the first update has size ∝ s² r: ∝ 1/r under α/r (a larger rank learns slower), independent of r
+under α/√r. Tested in tests/test_methods_rslora.py; checked against PEFT's `LoraConfig(use_rslora=True)`.
+
+Defaults: α = r when None (as LoRALinear), so s = √r; PEFT's default lora_alpha is 8.
+`make_rslora(layer)` switches any LoRA-like layer (DoRA, PiSSA, ...) to this scaling: that is how
+rsLoRA composes with the other methods.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tinylora.lora.apply import apply_lora, lora_layers
+
+
+def rslora_scaling(alpha: float, r: int) -> float:
+    """s = α / √r."""
+    return alpha / math.sqrt(r)
+
+
+def make_rslora(layer):
+    """Give one LoRA-like layer the rank-stabilised scaling s = α/√r (in place). Returns the layer.
+
+    Call it before the layer is merged and before an initialisation that depends on s (PiSSA, OLoRA).
+    """
+    if layer.merged:
+        raise RuntimeError("make_rslora: unmerge the layer first (W0 holds ΔW with the old scaling)")
+    layer.scaling = rslora_scaling(layer.alpha, layer.r)
+    layer.rslora = True
+    return layer
+
+
+def apply_rslora(model, r: int = 8, alpha: float | None = None, targets=("q", "v"), layers=None,
+                 dropout: float = 0.0, init: str = "kaiming"):
+    """`apply_lora` with s = α/√r in every layer. Arguments as `tinylora.lora.apply_lora`. Returns `model`."""
+    before = {id(layer) for _, layer in lora_layers(model)}
+    apply_lora(model, r=r, alpha=alpha, targets=targets, layers=layers, dropout=dropout, init=init)
+    for _, layer in lora_layers(model):
+        if id(layer) not in before:
+            make_rslora(layer)
+    return model
