@@ -212,3 +212,18 @@ def test_dora_training_and_merged_weights_equal_peft(ref):
         assert_close(merged_c_attn(tiny, i), h.attn.c_attn.weight.detach().numpy(), rtol=0, atol=ATOL, what="c_attn")
         assert_close(tiny.blocks[i].mlp.fc.base.weight.data.T, h.mlp.c_fc.weight.detach().numpy(), rtol=0,
                      atol=ATOL, what="c_fc")
+
+
+# ------------------------------------------------------------------ rsLoRA (alone and with DoRA)
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_rslora_logits_and_every_gradient_equal_peft(ref, use_dora):
+    from tinylora.methods.dora import apply_dora
+    from tinylora.methods.rslora import apply_rslora
+
+    hf = peft_model(ref, r=4, lora_alpha=3, use_rslora=True, use_dora=use_dora)
+    if use_dora:
+        tiny = tiny_model(ref, apply_dora, r=4, alpha=3, rslora=True)
+    else:
+        tiny = tiny_model(ref, apply_rslora, r=4, alpha=3)
+    assert tiny.blocks[0].attn.q.scaling == 1.5  # α/√r
+    compare_logits_and_gradients(ref, tiny, hf)
