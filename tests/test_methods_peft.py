@@ -227,3 +227,73 @@ def test_rslora_logits_and_every_gradient_equal_peft(ref, use_dora):
         tiny = tiny_model(ref, apply_rslora, r=4, alpha=3)
     assert tiny.blocks[0].attn.q.scaling == 1.5  # α/√r
     compare_logits_and_gradients(ref, tiny, hf)
+
+
+# ------------------------------------------------------------------ PiSSA and OLoRA (float32: PEFT refuses float64 for PiSSA)
+def _align_signs(ours_A, ours_B, theirs_A):
+    """Singular vectors are defined up to sign: flip our (A row i, B column i) pairs to match theirs."""
+    signs = np.sign(np.sum(ours_A * theirs_A, axis=1))  # (r,)
+    return ours_A * signs[:, None], ours_B * signs[None, :]
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_pissa_olora_factors_equal_peft_on_a_linear(ref, init):
+    """On a torch nn.Linear (PEFT's OLoRA does not handle GPT-2's transposed Conv1D: it takes the QR of
+    the (in, out) tensor and fails with a shape error), A, B and W_res equal PEFT's."""
+    torch, peft = ref[0], ref[1]
+    from tinylora.methods.pissa import PiSSALinear
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 20))
+    w0, b0 = net[0].weight.detach().numpy().copy(), net[0].bias.detach().numpy().copy()
+    hf = peft.get_peft_model(net, peft.LoraConfig(r=3, lora_alpha=6, target_modules=["0"], init_lora_weights=init))
+    layer = hf.base_model.model[0]
+    theirs_A, theirs_B = layer.lora_A["default"].weight.detach().numpy(), layer.lora_B["default"].weight.detach().numpy()
+    theirs_res = layer.base_layer.weight.detach().numpy()
+
+    linear = tinylora.nn.Linear(12, 20)
+    linear.weight.data[...], linear.bias.data[...] = w0, b0
+    ours = PiSSALinear(linear, r=3, alpha=6, init=init)
+    A, B = ours.lora_A.data, ours.lora_B.data
+    if init == "pissa":
+        A, B = _align_signs(A, B, theirs_A)
+    atol = 1e-5  # float32 decompositions by two LAPACK call paths
+    assert_close(A, theirs_A, rtol=0, atol=atol, what="A")
+    assert_close(B, theirs_B, rtol=0, atol=atol, what="B")
+    assert_close(ours.base.weight.data, theirs_res, rtol=0, atol=atol, what="W_res")
+
+
+def test_pissa_on_gpt2_equals_peft_and_its_converted_adapter_loads_in_peft(ref, tmp_path):
+    """PiSSA on c_proj, c_fc, mlp.c_proj (one to one; on the fused c_attn PEFT decomposes q, k, v
+    together, a different initialisation from tinylora's per-matrix one). Then train-like changes,
+    convert to plain LoRA of rank 2r on the original W0, export, and load into PEFT on the ORIGINAL base."""
+    torch, peft, load_hf, base = ref
+    from tinylora.lora import export_peft, lora_layers
+    from tinylora.methods.pissa import apply_pissa, pissa_to_lora
+
+    config = peft.LoraConfig(r=2, lora_alpha=2, target_modules=["attn.c_proj", "c_fc", "mlp.c_proj"],
+                             fan_in_fan_out=True, init_lora_weights="pissa")
+    hf = peft.get_peft_model(load_hf().float(), config).eval()
+    tiny = apply_pissa(load_gpt2(base), r=2, alpha=2, targets=("o", "fc", "proj")).eval()
+    for (i, module), tensors in peft_adapters(hf).items():
+        layer = getattr(getattr(tiny.blocks[i], PLACES[module][0]), PLACES[module][1][0])
+        A, B = _align_signs(layer.lora_A.data, layer.lora_B.data, tensors["A"].detach().numpy())
+        assert_close(A, tensors["A"].detach().numpy(), rtol=0, atol=1e-5, what=f"h.{i}.{module} A")
+        assert_close(B, tensors["B"].detach().numpy(), rtol=0, atol=1e-5, what=f"h.{i}.{module} B")
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor(IDX)).logits.numpy()
+    with tinylora.no_grad():
+        ours = tiny(tinylora.tensor(IDX))[0].numpy()
+    assert_close(ours, expected, rtol=0, atol=1e-5, what="logits at init (float32)")
+
+    rng = np.random.default_rng(0)
+    for _, layer in lora_layers(tiny):
+        layer.lora_B.data += rng.normal(0, 0.05, layer.lora_B.shape).astype(np.float32)
+    with tinylora.no_grad():
+        trained = tiny(tinylora.tensor(IDX))[0].numpy()
+    export_peft(pissa_to_lora(tiny), tmp_path)
+    loaded = peft.PeftModel.from_pretrained(load_hf().float(), tmp_path).eval()
+    with torch.no_grad():
+        theirs = loaded(input_ids=torch.tensor(IDX)).logits.numpy()
+    assert np.abs(trained - expected).max() > 1e-3  # the "training" changed the function
+    assert_close(theirs, trained, rtol=0, atol=1e-5, what="converted PiSSA adapter in PEFT")
