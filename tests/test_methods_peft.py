@@ -82,7 +82,7 @@ def peft_adapters(hf):
             continue
         i = int(parts[parts.index("h") + 1])
         module = ".".join(parts[parts.index("h") + 2:parts.index("h") + 4])
-        for key, short in (("lora_A", "A"), ("lora_B", "B"), ("lora_magnitude_vector", "m")):
+        for key, short in (("lora_A", "A"), ("lora_B", "B"), ("lora_magnitude_vector", "m"), ("lora_E", "E")):
             if key in parts:
                 found.setdefault((i, module), {})[short] = p
     return found
@@ -108,6 +108,9 @@ def mirror(tiny, hf):
             layer.lora_B.data[...] = tensors["B"].detach().numpy()[block]
             if "m" in tensors:
                 layer.magnitude.data[...] = tensors["m"].detach().numpy()[block]
+        if "E" in tensors:  # AdaLoRA's Λ, (r, 1) in PEFT, (r,) here; only one-to-one modules
+            layers[0].lora_E.data[...] = tensors["E"].detach().numpy().reshape(-1)
+            pairs.append(([layers[0].lora_E], "one", tensors["E"]))
         pairs.append(([shared], "one", tensors["A"]))
         pairs.append(([layer.lora_B for layer in layers], "rows", tensors["B"]))
         if "m" in tensors:
@@ -141,7 +144,8 @@ def compare_logits_and_gradients(ref, tiny, hf):
     compared = set()
     for tensors, how, theirs in pairs:
         assert theirs.grad is not None and float(theirs.grad.abs().max()) > 1e-3  # a real gradient
-        assert_close(assemble(tensors, how, grad=True), theirs.grad.numpy(), rtol=0, atol=ATOL, what="gradient")
+        ours = assemble(tensors, how, grad=True)
+        assert_close(ours, theirs.grad.numpy().reshape(ours.shape), rtol=0, atol=ATOL, what="gradient")
         compared |= {id(t) for t in tensors}
     assert compared == trainable  # every trainable tinylora tensor was compared
     return pairs
@@ -297,3 +301,112 @@ def test_pissa_on_gpt2_equals_peft_and_its_converted_adapter_loads_in_peft(ref, 
         theirs = loaded(input_ids=torch.tensor(IDX)).logits.numpy()
     assert np.abs(trained - expected).max() > 1e-3  # the "training" changed the function
     assert_close(theirs, trained, rtol=0, atol=1e-5, what="converted PiSSA adapter in PEFT")
+
+
+# ------------------------------------------------------------------ AdaLoRA (one-to-one modules: on the fused
+# c_attn PEFT has ONE Λ for the q, k and v rows, which three separate tinylora layers cannot share)
+ADALORA_TARGETS = ["attn.c_proj", "c_fc", "mlp.c_proj"]
+
+
+def _adalora_pair(ref, init_r=4, lora_alpha=8, **schedule):
+    from tinylora.methods.adalora import apply_adalora
+
+    torch, peft = ref[0], ref[1]
+    config = peft.AdaLoraConfig(init_r=init_r, lora_alpha=lora_alpha, target_modules=ADALORA_TARGETS,
+                                fan_in_fan_out=True, **schedule)
+    hf = peft.get_peft_model(ref[2](), config).eval()
+    # PEFT scales by lora_alpha / (ranknum + 1e-5), with ranknum = init_r held in a float32 tensor
+    ranknum = next(m.ranknum["default"] for m in hf.modules() if hasattr(m, "ranknum"))
+    alpha = float(lora_alpha / (ranknum + 1e-5)) * init_r
+    tiny = apply_adalora(load_gpt2(ref[3], dtype="float64").eval(), init_r=init_r, alpha=alpha,
+                         targets=("o", "fc", "proj"))
+    return hf, tiny
+
+
+def _hf_adalora_loss(torch, hf):
+    """PEFT's AdaLoraModel.forward adds γ R(P, Q) to the wrapped model's `.loss`. Two details, both PEFT's:
+    HF's own GPT-2 loss casts the logits to float32, so the wrapped forward is given a float64
+    cross-entropy here (shifted like HF's labels); and the term is added only by `hf.base_model(...)`:
+    in PEFT 0.21.2 calling the PeftModel wrapper `hf(...)` returns the loss WITHOUT it."""
+    inner = hf.base_model.model
+    if not hasattr(inner, "_plain_forward"):
+        inner._plain_forward = inner.forward
+
+        def forward_with_float64_loss(input_ids):
+            out = inner._plain_forward(input_ids=input_ids)
+            vocab = out.logits.shape[-1]
+            out.loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, vocab),
+                                                         input_ids[:, 1:].reshape(-1))
+            return out
+
+        inner.forward = forward_with_float64_loss
+    return hf.base_model(input_ids=torch.tensor(IDX)).loss
+
+
+def _tiny_adalora_loss(tiny, gamma):
+    from tinylora.methods.adalora import orthogonal_regulariser
+
+    vocab = HF_SIZES["vocab_size"]
+    logits = tiny(tinylora.tensor(IDX))[0][:, :-1]  # predict token t+1 from t, as HF's labels do
+    ce = tinylora.functional.cross_entropy(logits.reshape(-1, vocab), tinylora.tensor(IDX[:, 1:].reshape(-1)))
+    return ce + orthogonal_regulariser(tiny) * gamma
+
+
+def test_adalora_loss_and_every_gradient_equal_peft(ref):
+    torch = ref[0]
+    hf, tiny = _adalora_pair(ref, total_step=10)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "lora_E" in name:
+                p.normal_(0.0, 0.5)  # Λ ≠ 0, so P and Q get gradients
+    pairs = mirror(tiny, hf)
+    ours = _tiny_adalora_loss(tiny, gamma=0.5)
+    theirs = _hf_adalora_loss(torch, hf)
+    assert_close(ours.item(), theirs.item(), rtol=0, atol=ATOL, what="loss with orthogonality term")
+    ours.backward()
+    theirs.backward()
+    for tensors, how, p in pairs:
+        grad = assemble(tensors, how, grad=True)
+        assert float(p.grad.abs().max()) > 1e-4
+        assert_close(grad, p.grad.numpy().reshape(grad.shape), rtol=0, atol=ATOL, what="gradient")
+
+
+@pytest.mark.slow  # ~10 s: 14 steps in both libraries with masking
+def test_adalora_training_with_rank_allocation_equals_peft(ref):
+    """SGD with PEFT's update_and_allocate and tinylora's RankAllocator.step: the same triplets are
+    pruned at the same steps, and the logits after the final (frozen-pattern) phase agree."""
+    from tinylora.methods.adalora import RankAllocator
+
+    torch = ref[0]
+    schedule = dict(target_r=2, tinit=2, tfinal=4, deltaT=2, total_step=14)
+    hf, tiny = _adalora_pair(ref, **schedule)
+    mirror(tiny, hf)
+    allocator = RankAllocator(tiny, target_r=2, total_step=14, tinit=2, tfinal=4, delta_t=2)
+    opt = SGD(tiny.named_parameters(), lr=0.5)
+    # PEFT 0.21.2 leaves `ranknum` (init_r, the constant divisor of the scaling) with requires_grad=True,
+    # so an optimizer over every trainable parameter would train it; AdaLoRA holds it fixed: leave it out
+    hf_opt = torch.optim.SGD([p for n, p in hf.named_parameters() if p.requires_grad and "ranknum" not in n], lr=0.5)
+    for step in range(1, 15):
+        opt.zero_grad()
+        _tiny_adalora_loss(tiny, gamma=0.5).backward()
+        opt.step()
+        allocator.step(step)
+        hf_opt.zero_grad()
+        _hf_adalora_loss(torch, hf).backward()
+        hf_opt.step()
+        hf.base_model.update_and_allocate(step)
+        theirs = {(i, m): t["E"].detach().numpy().reshape(-1) != 0 for (i, m), t in peft_adapters(hf).items()}
+        ours = {(i, m): adalora_E(tiny, i, m) != 0 for (i, m) in theirs}
+        assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours), f"step {step}"
+    assert sum(allocator.rank_allocation().values()) == 2 * 3 * HF_SIZES["n_layer"]  # target_r × #matrices
+    with tinylora.no_grad():
+        logits = tiny(tinylora.tensor(IDX))[0].numpy()
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor(IDX)).logits.numpy()
+    assert_close(logits, expected, rtol=0, atol=ATOL, what="logits after AdaLoRA training")
+
+
+def adalora_E(tiny, i, module):
+    parent, targets = PLACES[module]
+    return getattr(getattr(tiny.blocks[i], parent), targets[0]).lora_E.data
