@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from tinylora.lora.apply import apply_lora, lora_layers
+from tinylora.lora.layer import LoRALinear
 
 
 def rslora_scaling(alpha: float, r: int) -> float:
@@ -32,6 +33,9 @@ def make_rslora(layer):
 
     Call it before the layer is merged and before an initialisation that depends on s (PiSSA, OLoRA).
     """
+    if not isinstance(layer, LoRALinear):
+        raise TypeError(f"make_rslora: rsLoRA rescales a LoRA-like layer's α/r; {type(layer).__name__} has no "
+                        "such scaling (GLoRA's supports are unscaled)")
     if layer.merged:
         raise RuntimeError("make_rslora: unmerge the layer first (W0 holds ΔW with the old scaling)")
     layer.scaling = rslora_scaling(layer.alpha, layer.r)
