@@ -35,7 +35,7 @@ def test_loraplus_with_every_lora_like_method(method):
     model = LORA_LIKE[method](GPT(CONFIG))
     for _, layer in lora_layers(model):  # make every factor's gradient nonzero (AdaLoRA: Λ ≠ 0)
         for p in layer.adapter_parameters():
-            p.data += np.random.default_rng(0).normal(0, 0.1, p.shape).astype(p.dtype)
+            p.data += np.random.default_rng(0).normal(0, 0.5, p.shape).astype(p.dtype)
     opt = loraplus_optimizer(model, lr=1e-4, ratio=16)
     layer = model.blocks[0].attn.q
     a0, b0 = layer.lora_A.data.copy(), layer.lora_B.data.copy()
