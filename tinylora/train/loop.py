@@ -136,12 +136,15 @@ def check_same_run(saved: dict | None, config: TrainConfig, where) -> None:
                          "resume with the same settings, or start a new run folder")
 
 
-def make_optimizer(model, config: TrainConfig):
-    """AdamW over the trainable parameters, by name (so checkpoints map state back by name)."""
+def make_optimizer(model, config: TrainConfig, param_groups=None):
+    """AdamW over the trainable parameters, by name (so checkpoints map state back by name).
+
+    param_groups: optional AdamW parameter groups of (name, parameter) pairs to use instead (LoRA+'s).
+    """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = AdamW(named, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = AdamW(param_groups or named, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = LRScheduler(
         optimizer, warmup_steps=config.warmup_steps, total_steps=config.max_steps,
         kind=config.schedule, min_lr_ratio=config.min_lr_ratio,
@@ -150,17 +153,21 @@ def make_optimizer(model, config: TrainConfig):
 
 
 def train(model, train_data, val_data=None, config: TrainConfig | None = None, run_dir=None,
-          resume: bool = False) -> TrainResult:
+          resume: bool = False, param_groups=None, extra_loss=None, after_step=None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_data`; see the module docstring.
 
     train_data / val_data: a TextDataset or PairDataset (tinylora.data).
     run_dir: where metrics, checkpoints and the loss plot go (None: nowhere).
     resume: continue from run_dir's latest checkpoint if there is one. The checkpoint's
         training settings (SAME_RUN_FIELDS) must equal `config`'s, or a ValueError says which differ.
+    Hooks for methods that change the optimizer or the step (tinylora.methods; None: plain training):
+    param_groups: AdamW groups to use (LoRA+'s learning rates); extra_loss(model): a Tensor added to
+    the loss that is differentiated (AdaLoRA's orthogonality term; the logged loss includes it);
+    after_step(step): called after each optimizer step while the gradients are alive (AdaLoRA's allocator).
     """
     config = config or TrainConfig()
     device = model_device(model)
-    optimizer, scheduler = make_optimizer(model, config)
+    optimizer, scheduler = make_optimizer(model, config, param_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(trainable=sum(p.size for p in trainable))
     val = eval_batches(val_data, config.batch_size, config.eval_batches, config.seed)
@@ -182,11 +189,15 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
         t0 = time.perf_counter()
         x, y = batch_for_step(train_data, config.batch_size, config.seed, step)
         loss = model(tensor(x, device=device), tensor(y, device=device))[1]  # drop the logits at once: backward
-        optimizer.zero_grad()                                                  # needs only what the graph saved
+        if extra_loss is not None:                                             # needs only what the graph saved
+            loss = loss + extra_loss(model)
+        optimizer.zero_grad()
         loss.backward()
         grad_norm = clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip else None
         lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
         optimizer.step()
+        if after_step is not None:
+            after_step(step + 1)
         scheduler.step()
         loss_value = loss.item()  # also waits for the GPU, so the step time is honest
         del loss
