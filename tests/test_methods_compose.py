@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinylora
-from tinylora.lora import lora_layers, mark_only_lora_as_trainable, save_adapter
+from tinylora.lora import lora_layers, mark_only_lora_as_trainable
 from tinylora.methods.adalora import apply_adalora
 from tinylora.methods.dora import apply_dora
 from tinylora.methods.glora import apply_glora

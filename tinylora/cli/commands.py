@@ -54,6 +54,47 @@ def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: i
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRA-family methods (see tinylora/methods/)")
+    g.add_argument("--rslora", action="store_true", help="dora, pissa, olora: scaling alpha/sqrt(r)")
+    g.add_argument("--loraplus-ratio", type=float, default=16.0, help="loraplus: B's lr / A's lr (default 16)")
+    g.add_argument("--target-r", type=int, default=None, help="adalora: average final rank (default rank*2/3)")
+    g.add_argument("--tinit", type=int, default=0, help="adalora: steps before pruning starts (default 0)")
+    g.add_argument("--tfinal", type=int, default=0, help="adalora: final steps with a fixed rank pattern (default 0)")
+    g.add_argument("--delta-t", type=int, default=1, help="adalora: prune every N steps (default 1)")
+    g.add_argument("--orth-reg-weight", type=float, default=0.5, help="adalora: gamma (default 0.5, PEFT's)")
+    g.add_argument("--glora-config", default="", help="glora: kinds of A..E, e.g. A=lora,B=vector,C=none,D=scalar,E=scalar")
+
+
+def _method_settings(args) -> dict:
+    """The settings tinylora.methods.choose.apply_method gets from the command line."""
+    settings = {"r": args.rank, "alpha": args.alpha, "targets": list(args.targets), "layers": args.layers,
+                "dropout": args.lora_dropout}
+    if args.method in ("dora", "pissa", "olora"):
+        settings["rslora"] = args.rslora
+    if args.method == "loraplus":
+        settings["ratio"] = args.loraplus_ratio
+    if args.method == "adalora":
+        settings = {"init_r": args.rank, "target_r": args.target_r or max(1, args.rank * 2 // 3),
+                    "alpha": args.alpha, "targets": list(args.targets), "layers": args.layers,
+                    "dropout": args.lora_dropout, "tinit": args.tinit, "tfinal": args.tfinal,
+                    "delta_t": args.delta_t, "orth_reg_weight": args.orth_reg_weight}
+    if args.method == "glora":
+        kinds = dict(item.split("=", 1) for item in args.glora_config.split(",") if item.strip())
+        settings = {"r": args.rank, "targets": list(args.targets), "layers": args.layers, "config": kinds}
+    return settings
+
+
+def _load_any_adapter(model, path):
+    """A plain LoRA adapter (save_adapter) or a LoRA-family one (finetune --method dora, ...)."""
+    from tinylora.io import read_json
+    from tinylora.lora import load_adapter
+    from tinylora.methods.choose import FORMAT, load_method_adapter
+
+    config = read_json(os.path.join(path, "adapter_config.json"))
+    return load_method_adapter(model, path) if config.get("format") == FORMAT else load_adapter(model, path)
+
+
 def _train_config(args):
     from tinylora.train.loop import TrainConfig
 
@@ -94,13 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref).")
     p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
     p.add_argument("--data", required=True, help="text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
-    p.add_argument("--method", choices=("lora", "full"), default="lora")
-    p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4)")
+    p.add_argument("--method", choices=("lora", "full", "rslora", "loraplus", "dora", "pissa", "olora", "adalora",
+                                        "glora"), default="lora",
+                   help="lora (default), full, or a LoRA-family method from tinylora.methods")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4; AdaLoRA: the initial rank)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, scaling 1)")
     p.add_argument("--targets", type=_targets, default=("q", "v"), help="comma list of q,k,v,o,fc,proj (default q,v)")
     p.add_argument("--layers", type=_layers, default=None, help="comma list of block indices (default all)")
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--val-fraction", type=float, default=0.1)
+    _add_method_flags(p)
     p.add_argument("--out", default="runs/finetune", help="run folder (default runs/finetune)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's latest checkpoint (with the same training flags)")
@@ -209,13 +253,29 @@ def cmd_finetune(args) -> None:
                                              args.seed)
     if args.lr is None:
         args.lr = 2e-3 if args.method == "lora" else 3e-4
+    hooks, family = {}, args.method not in ("lora", "full")
     if args.method == "lora":
         apply_lora(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
                    dropout=args.lora_dropout)
+    elif family:
+        from tinylora.methods.choose import apply_method, save_method_adapter, training_hooks
+
+        if args.method == "adalora" and args.resume:
+            raise ValueError("--resume is not supported for adalora (the importance scores are not checkpointed)")
+        settings = _method_settings(args)
+        apply_method(model, args.method, settings)
+        hooks = training_hooks(model, args.method, settings, args.lr, args.max_steps, args.weight_decay)
     print(parameter_report(model)["text"].splitlines()[-1])
-    result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume)
+    allocator = hooks.pop("allocator", None)
+    result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume, **hooks)
+    if allocator is not None:
+        ranks = allocator.rank_allocation()
+        print("adalora rank per layer: " + ", ".join(f"{n} {r}" for n, r in ranks.items()))
     if args.method == "lora":
         save_adapter(model, os.path.join(args.out, "adapter"))
+        written = os.path.join(args.out, "adapter")
+    elif family:
+        save_method_adapter(model, os.path.join(args.out, "adapter"), args.method, settings)
         written = os.path.join(args.out, "adapter")
     else:
         save_model(model, os.path.join(args.out, "model"), tokenizer)
@@ -228,13 +288,12 @@ def cmd_finetune(args) -> None:
 def cmd_generate(args) -> None:
     from tinylora import manual_seed, tensor
     from tinylora.model.generate import generate
-    from tinylora.lora import load_adapter
     from tinylora.model.load import load_model
 
     manual_seed(args.seed)
     model, tokenizer = load_model(args.model, device=args.device)
     if args.adapter:
-        load_adapter(model, args.adapter)
+        _load_any_adapter(model, args.adapter)
         manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
     ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
     out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
@@ -243,12 +302,14 @@ def cmd_generate(args) -> None:
 
 
 def cmd_merge(args) -> None:
-    from tinylora.lora import load_adapter, merge_and_unload
+    from tinylora.lora import merge_and_unload
     from tinylora.model.load import load_model, save_model
 
+    from tinylora.methods.glora import merge_and_unload_glora
+
     model, tokenizer = load_model(args.base)
-    load_adapter(model, args.adapter)
-    merged = merge_and_unload(model)
+    _load_any_adapter(model, args.adapter)
+    merged = merge_and_unload_glora(merge_and_unload(model))
     save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(args.base), "adapter": args.adapter}})
     print(f"merged model written to {args.out}")
 
