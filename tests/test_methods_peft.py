@@ -410,3 +410,47 @@ def test_adalora_training_with_rank_allocation_equals_peft(ref):
 def adalora_E(tiny, i, module):
     parent, targets = PLACES[module]
     return getattr(getattr(tiny.blocks[i], parent), targets[0]).lora_E.data
+
+
+# ------------------------------------------------------------------ export: DoRA and rsLoRA adapters that PEFT loads
+@pytest.mark.parametrize("kind", ["dora", "rslora", "dora+rslora", "dora on q,v + lora on fc"])
+def test_export_method_peft_loads_in_peft(ref, tmp_path, kind):
+    torch, peft, load_hf, base = ref
+    from tinylora.lora import apply_lora, lora_layers
+    from tinylora.methods.dora import apply_dora
+    from tinylora.methods.peft_export import export_method_peft
+    from tinylora.methods.rslora import apply_rslora
+
+    tiny = load_gpt2(base, dtype="float64").eval()
+    if kind == "rslora":
+        apply_rslora(tiny, r=4, alpha=3, targets=("q", "v", "fc"))
+    elif kind == "dora on q,v + lora on fc":
+        apply_lora(apply_dora(tiny, r=2, alpha=4, targets=("q", "v")), r=2, alpha=4, targets=("fc",))
+    else:
+        apply_dora(tiny, r=4, alpha=3, targets=("q", "v", "fc", "proj"), rslora=kind == "dora+rslora")
+    rng = np.random.default_rng(0)
+    for _, layer in lora_layers(tiny):
+        layer.lora_B.data[...] = rng.normal(0, 0.2, layer.lora_B.shape)
+        if hasattr(layer, "magnitude"):
+            layer.magnitude.data *= 1 + 0.3 * rng.random(layer.magnitude.shape)
+    export_method_peft(tiny, tmp_path)
+    hf = peft.PeftModel.from_pretrained(load_hf(), tmp_path).eval()
+    with tinylora.no_grad():
+        ours = tiny(tinylora.tensor(IDX))[0].numpy()
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(IDX)).logits.numpy()
+    with torch.no_grad():
+        plain = load_hf()(input_ids=torch.tensor(IDX)).logits.numpy()
+    assert np.abs(ours - plain).max() > 1e-2  # the adapter matters
+    assert_close(theirs, ours, rtol=0, atol=ATOL, what=f"{kind} exported to PEFT")
+
+
+def test_export_method_peft_refuses_what_peft_cannot_carry(ref, tmp_path):
+    from tinylora.methods.adalora import apply_adalora
+    from tinylora.methods.peft_export import export_method_peft
+    from tinylora.methods.pissa import apply_pissa
+
+    with pytest.raises(ValueError, match="pissa_to_lora"):
+        export_method_peft(apply_pissa(load_gpt2(ref[3]), r=2), tmp_path)
+    with pytest.raises(ValueError, match="AdaLoRALinear"):
+        export_method_peft(apply_adalora(load_gpt2(ref[3]), init_r=2), tmp_path)
