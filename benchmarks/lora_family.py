@@ -25,7 +25,7 @@ from benchmarks.common import RESULTS_DIR, command_line, machine_info, parse_arg
 LR = 3e-2  # the demo's LoRA learning rate (the best of its sweep), used for every method
 SETTINGS = {  # method -> (settings for apply_method, learning rate)
     "lora": ({"r": 4}, LR),
-    "rslora": ({"r": 4, "alpha": 2}, LR),  # s = 2/√4 = 1, the same s as LoRA's α = r: differs at other r only
+    "rslora": ({"r": 4, "alpha": 4}, LR),  # LoRA's α = r = 4 with rsLoRA's rule: s = 4/√4 = 2 (LoRA: 1)
     "loraplus": ({"r": 4, "ratio": 16}, LR / 4),  # η_A = lr/4, η_B = 4·lr (the LoRA+ README: lower η_A)
     "dora": ({"r": 4}, LR),
     "pissa": ({"r": 4}, LR),
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--target", type=float, default=1.0, help="validation loss for 'steps to target'")
+    parser.add_argument("--target", type=float, default=1.8, help="validation loss for 'steps to target' (1.8)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1: a shared 2-core box)")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/lora_family.json)")
     args = parse_args(parser, argv)
