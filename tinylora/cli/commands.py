@@ -63,7 +63,8 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tfinal", type=int, default=0, help="adalora: final steps with a fixed rank pattern (default 0)")
     g.add_argument("--delta-t", type=int, default=1, help="adalora: prune every N steps (default 1)")
     g.add_argument("--orth-reg-weight", type=float, default=0.5, help="adalora: gamma (default 0.5, PEFT's)")
-    g.add_argument("--glora-config", default="", help="glora: kinds of A..E, e.g. A=lora,B=vector,C=none,D=scalar,E=scalar")
+    g.add_argument("--glora-config", default="",
+                   help="glora: kinds of A..E, e.g. A=lora,B=vector,C=none,D=scalar,E=scalar")
 
 
 def _method_settings(args) -> dict:

@@ -136,7 +136,8 @@ def load_method_adapter(model, path):
     for name, value in tensors.items():
         p = params[name]
         if tuple(value.shape) != tuple(p.shape):
-            raise ValueError(f"{tensor_path}: '{name}' has shape {tuple(value.shape)}, the model needs {tuple(p.shape)}")
+            raise ValueError(f"{tensor_path}: '{name}' has shape {tuple(value.shape)}, "
+                             f"the model needs {tuple(p.shape)}")
         p.data[...] = move(value.astype(p.dtype, copy=False), p.device)
         if name.endswith("bias") and name not in expected:
             p.requires_grad_(True)

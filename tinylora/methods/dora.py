@@ -46,9 +46,11 @@ class DoRALinear(LoRALinear):
     Attributes added: magnitude (d,), the norm cached at merge time (`merged_norm`, None when unmerged).
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0, init: str = "kaiming"):
+    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
+                 init: str = "kaiming"):
         super().__init__(base, r, alpha=alpha, dropout=dropout, init=init)
-        self.magnitude = nn.Parameter(Tensor(self._row_norms(add_delta=False), dtype=base.weight.dtype))  # (d,) = ‖W0‖_c
+        norms = self._row_norms(add_delta=False)  # (d,) = ‖W0‖_c
+        self.magnitude = nn.Parameter(Tensor(norms, dtype=base.weight.dtype))
         self.merged_norm = None  # n at merge time, for unmerge
 
     def adapter_parameters(self) -> list:

@@ -168,7 +168,8 @@ class GLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         kinds = ", ".join(f"{n}={k}" for n, k in self.config.items())
-        return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, {kinds}, merged={self.merged}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, {kinds}, "
+                f"merged={self.merged}")
 
 
 def parameter_count(d: int, k: int, r: int, config: dict) -> int:
