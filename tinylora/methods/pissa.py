@@ -113,8 +113,9 @@ def pissa_to_lora(model):
 
     Afterwards `save_adapter` / `export_peft` write an adapter for the original base model, as PEFT's
     conversion does (rank 2r). Merged layers are unmerged first. Under rsLoRA α' = √2 α keeps α'/√r'.
+    Afterwards only the A and B of LoRA layers train (as after apply_lora).
     """
-    xp = None
+    converted = False
     for name, layer in list(lora_layers(model)):
         if not isinstance(layer, PiSSALinear):
             continue
@@ -130,6 +131,7 @@ def pissa_to_lora(model):
         plain.lora_B.data[...] = xp.concatenate([layer.lora_B.data, layer.initial_B], axis=1)  # (d, 2r)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
-    if xp is not None:
+        converted = True
+    if converted:
         mark_only_lora_as_trainable(model, bias="none")
     return model
