@@ -30,7 +30,7 @@ SETTINGS = {  # method -> (settings for apply_method, learning rate)
     "dora": ({"r": 4}, LR),
     "pissa": ({"r": 4}, LR),
     "olora": ({"r": 4}, LR),
-    "adalora": ({"init_r": 6, "target_r": 4, "tinit": 5, "tfinal": 10, "delta_t": 5}, LR),
+    "adalora": ({"init_r": 6, "target_r": 4}, LR),  # tinit, tfinal, ΔT: steps/8, steps/4, steps/8 (run_one)
     "glora": ({"r": 2, "config": {"A": "lora", "B": "lora", "C": "lora", "D": "scalar", "E": "scalar"}}, LR),
 }
 ROWS_FROM_ELSEWHERE = ("lora_fa", "qlora")  # issue 12
@@ -52,6 +52,8 @@ def run_one(method: str, seed: int, steps: int, batch: int, eval_every: int) -> 
 
     settings, lr = SETTINGS[method]
     settings = {**settings, "targets": ["q", "v"]}
+    if method == "adalora":  # the schedule in proportion to the run: 5, 10, 5 at 40 steps
+        settings.update(tinit=steps // 8, tfinal=steps // 4, delta_t=max(1, steps // 8))
     manual_seed(seed)
     model, tokenizer = load_model("base-mini")
     train_set, val_set = _datasets(tokenizer, model.config.block_size)

@@ -317,7 +317,7 @@ def _adalora_pair(ref, init_r=4, lora_alpha=8, **schedule):
     hf = peft.get_peft_model(ref[2](), config).eval()
     # PEFT scales by lora_alpha / (ranknum + 1e-5), with ranknum = init_r held in a float32 tensor
     ranknum = next(m.ranknum["default"] for m in hf.modules() if hasattr(m, "ranknum"))
-    alpha = float(lora_alpha / (ranknum + 1e-5)) * init_r
+    alpha = lora_alpha / (ranknum.item() + 1e-5) * init_r
     tiny = apply_adalora(load_gpt2(ref[3], dtype="float64").eval(), init_r=init_r, alpha=alpha,
                          targets=("o", "fc", "proj"))
     return hf, tiny
