@@ -65,7 +65,8 @@ def run_one(method: str, seed: int, steps: int, batch: int, eval_every: int) -> 
     config = TrainConfig(max_steps=steps, batch_size=batch, lr=lr, eval_every=eval_every, eval_batches=4,
                          warmup_steps=steps // 10, seed=seed, progress=False)
     result = train(model, train_set, val_set, config, **hooks)
-    curve = [(0, result.val_loss_before)] + [(row["step"], row["val_loss"]) for row in result.history if "val_loss" in row]
+    curve = [(0, result.val_loss_before)]
+    curve += [(row["step"], row["val_loss"]) for row in result.history if "val_loss" in row]
 
     x = tensor(eval_batches(val_set, batch, 1, seed)[0][0])
     model.eval()
@@ -113,7 +114,8 @@ def markdown(table: dict, target: float) -> str:
     lines = ["| method | trainable | lr | val loss (mean ± spread) | steps to val ≤ %.2f | step ms | peak MiB | "
              "merged / unmerged fwd ms |" % target, "|---|---:|---:|---|---:|---:|---:|---|"]
     for method, row in table.items():
-        reach = f"{row['steps_to_target']:.0f}" if row["steps_to_target"] is not None else f"— ({row['reached_target']})"
+        reach = (f"{row['steps_to_target']:.0f}" if row["steps_to_target"] is not None
+                 else f"— ({row['reached_target']})")
         lines.append(f"| {method} | {row['trainable']:,} | {row['lr']:g} | {row['val_loss_mean']:.3f} ± "
                      f"{row['val_loss_spread']:.3f} | {reach} | {row['step_ms']:.0f} | {row['peak_mib']:.1f} | "
                      f"{row['merged_ms']:.0f} / {row['unmerged_ms']:.0f} |")

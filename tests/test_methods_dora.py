@@ -50,7 +50,8 @@ def test_forward_is_magnitude_times_direction():
     W = layer.base.weight.data + layer.delta_weight()  # W0 + sBA (d, k)
     W_prime = layer.magnitude.data[:, None] * W / np.linalg.norm(W, axis=1, keepdims=True)
     x = _x()
-    assert_close(layer(x).detach().numpy(), x.numpy() @ W_prime.T + layer.base.bias.data, rtol=0, atol=1e-13, what="m V/‖V‖")
+    expected = x.numpy() @ W_prime.T + layer.base.bias.data
+    assert_close(layer(x).detach().numpy(), expected, rtol=0, atol=1e-13, what="m V/‖V‖")
 
 
 def test_magnitude_gradient_is_exact_and_A_B_gradients_hold_the_norm_constant():

@@ -233,7 +233,8 @@ def test_rslora_logits_and_every_gradient_equal_peft(ref, use_dora):
     compare_logits_and_gradients(ref, tiny, hf)
 
 
-# ------------------------------------------------------------------ PiSSA and OLoRA (float32: PEFT refuses float64 for PiSSA)
+# ------------------------------------------------------------------ PiSSA and OLoRA
+# (float32: PEFT refuses float64 for PiSSA)
 def _align_signs(ours_A, ours_B, theirs_A):
     """Singular vectors are defined up to sign: flip our (A row i, B column i) pairs to match theirs."""
     signs = np.sign(np.sum(ours_A * theirs_A, axis=1))  # (r,)
@@ -252,7 +253,8 @@ def test_pissa_olora_factors_equal_peft_on_a_linear(ref, init):
     w0, b0 = net[0].weight.detach().numpy().copy(), net[0].bias.detach().numpy().copy()
     hf = peft.get_peft_model(net, peft.LoraConfig(r=3, lora_alpha=6, target_modules=["0"], init_lora_weights=init))
     layer = hf.base_model.model[0]
-    theirs_A, theirs_B = layer.lora_A["default"].weight.detach().numpy(), layer.lora_B["default"].weight.detach().numpy()
+    theirs_A = layer.lora_A["default"].weight.detach().numpy()
+    theirs_B = layer.lora_B["default"].weight.detach().numpy()
     theirs_res = layer.base_layer.weight.detach().numpy()
 
     linear = tinylora.nn.Linear(12, 20)

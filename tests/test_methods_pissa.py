@@ -43,7 +43,8 @@ def test_pissa_residual_norm_is_the_next_singular_value(d, k):
     sigma = np.linalg.svd(W0, compute_uv=False)
     assert_close(np.linalg.norm(layer.base.weight.data, 2), sigma[3], rtol=1e-12, atol=0, what="‖W_res‖₂ = σ_4")
     # s B A is the best rank-3 approximation: its singular values are σ_1..σ_3
-    assert_close(np.linalg.svd(layer.delta_weight(), compute_uv=False)[:3], sigma[:3], rtol=1e-12, atol=0, what="σ(sBA)")
+    top = np.linalg.svd(layer.delta_weight(), compute_uv=False)[:3]
+    assert_close(top, sigma[:3], rtol=1e-12, atol=0, what="σ(sBA)")
     assert_close(layer.base.weight.data + layer.delta_weight(), W0, rtol=0, atol=1e-13, what="W_res + sBA = W0")
 
 
