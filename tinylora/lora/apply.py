@@ -304,6 +304,12 @@ def parameter_report(model) -> dict:
     width = max([len(row["name"]) for row in rows] + [6])
     lines = [f"{'module':<{width}}  {'type':<12}  {'params':>13}  {'trainable':>13}"]
     lines += [f"{row['name']:<{width}}  {row['type']:<12}  {row['params']:>13,}  {row['trainable']:>13,}" for row in rows]
-    lines.append(f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B")
+    lines.append(count_line(trainable, total, lora))
     return {"total": total, "trainable": trainable, "lora": lora, "percent_trainable": percent,
             "rows": rows, "text": "\n".join(lines)}
+
+
+def count_line(trainable: int, total: int, lora: int) -> str:
+    """The one-line summary of `parameter_report` (also what `tinylora info` prints)."""
+    percent = 100.0 * trainable / total if total else 0.0
+    return f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B"
