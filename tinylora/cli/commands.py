@@ -198,6 +198,7 @@ def _no_dropout(model) -> None:
     from tinylora import nn
 
     model.config.dropout = 0.0  # so a saved model's config says what its modules do
+    model.config.embd_dropout = model.config.attn_dropout = model.config.resid_dropout = None  # all = dropout
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0

@@ -86,7 +86,7 @@ def weights_sha256(model, skip=()) -> str:
         if id(p) in skip:
             continue
         digest.update(f"{name}:{tuple(p.shape)};".encode())
-        digest.update(np.ascontiguousarray(to_host(p.data), dtype="<f4").tobytes())
+        digest.update(np.ascontiguousarray(to_host(p.data), dtype="<f4").data)  # no copy if already float32
     return digest.hexdigest()
 
 
