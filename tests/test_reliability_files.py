@@ -99,6 +99,13 @@ def edit_modules(**fields):
     return lambda c: {**c, "modules": {n: {**s, **fields} for n, s in c["modules"].items()}}
 
 
+def bpe_folder(root, vocab: str, merges: str):
+    """Make the tinylora folder name a BPE tokenizer, with these vocab.json and merges.txt contents."""
+    edit_json(root / "tiny/config.json", lambda c: {**c, "tokenizer": "bpe"})
+    (root / "tiny/vocab.json").write_text(vocab)
+    (root / "tiny/merges.txt").write_text(merges)
+
+
 def shard_index(root, shard_name):
     """Turn the HF folder into a sharded one whose index lists `shard_name`."""
     hf = root / "hf"
@@ -161,6 +168,24 @@ FILE_CASES = {
     "'gpt2' looks like a hub id": (
         lambda r, mp: mp.chdir(r),
         lambda r: GPT.from_pretrained("gpt2"), FileNotFoundError, ["'gpt2'", "never downloads", "hub id"]),
+    "dtype int32 (weights would become integers)": (
+        lambda r, mp: None,
+        lambda r: load_model(r / "tiny", dtype="int32"), ValueError, ["dtype", "float32 or float64", "int32"]),
+    "a model path that is an int": (
+        lambda r, mp: None,
+        lambda r: GPT.from_pretrained(123), TypeError, ["int", "123", "folder"]),
+    "a tokenizer that is an int": (
+        lambda r, mp: None,
+        lambda r: load_model(r / "tiny", tokenizer=123), TypeError, ["tokenizer", "int", "123"]),
+    "BPE vocab.json is not JSON": (
+        lambda r, mp: bpe_folder(r, "{not json", "#version: 0.2\n"),
+        lambda r: load_model(r / "tiny"), ValueError, ["vocab.json", "not valid JSON"]),
+    "BPE vocab.json has a string id": (
+        lambda r, mp: bpe_folder(r, '{"a": "x"}', "#version: 0.2\n"),
+        lambda r: load_model(r / "tiny"), ValueError, ["vocab.json", "'a'", "'x'"]),
+    "BPE merges.txt line with three tokens": (
+        lambda r, mp: bpe_folder(r, '{"a": 0}', "#version: 0.2\na b c\n"),
+        lambda r: load_model(r / "tiny"), ValueError, ["merges.txt", "line 2", "'a b c'"]),
     # Hugging Face folders
     "HF config claims n_embd 65536": (
         lambda r, mp: (edit_json(r / "hf/config.json", lambda c: {**c, "n_embd": 65536}), no_model_built(mp)),
@@ -262,6 +287,16 @@ FILE_CASES = {
     "a run folder passed as the adapter": (
         lambda r, mp: shutil.copytree(r / "adapter", r / "run" / "adapter"),
         lambda r: load_adapter(base_model(), r / "run"), FileNotFoundError, ["did you mean", os.path.join("run", "adapter")]),
+    "adapter config without base_model": (
+        lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {k: v for k, v in c.items() if k != "base_model"}),
+        lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "'base_model'"]),
+    "load_adapter given None for the model": (
+        lambda r, mp: None,
+        lambda r: load_adapter(None, r / "adapter"), TypeError, ["load_adapter", "NoneType"]),
+    "save_adapter onto a file": (
+        lambda r, mp: (r / "a-file").write_text(""),
+        lambda r: save_adapter(load_adapter(base_model(), r / "adapter", force=True), r / "a-file"),
+        FileExistsError, ["a-file", "is a file"]),
     "PEFT adapter passed to load_adapter": (
         lambda r, mp: write_json_atomic(r / "adapter/adapter_config.json", {"peft_type": "LORA", "r": 8}),
         lambda r: load_adapter(base_model(), r / "adapter"), ValueError, ["adapter_config.json", "import_peft"]),

@@ -151,6 +151,10 @@ def save_adapter(model, path) -> None:
     the embedding): an adapter file cannot hold it, and dropping it silently
     would lose part of the fine-tune. Refuses NaN or inf in what it would write.
     """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"save_adapter: {path} is a file; an adapter is a folder (adapter_config.json + "
+                              f"{TENSOR_FILE})")
     config = adapter_config(model)
     keep = {id(p) for p in _own_parameters(model).values()}
     keep |= {id(p) for p in _bias_params(model, "all") if p.requires_grad}
@@ -165,7 +169,6 @@ def save_adapter(model, path) -> None:
     broken = [name for name, value in tensors.items() if not np.isfinite(value).all()]
     if broken:
         raise ValueError(f"save_adapter: {broken[:4]} hold NaN or inf; not writing a broken adapter")
-    path = os.fspath(path)
     save_tensors(os.path.join(path, TENSOR_FILE), tensors, metadata={"format": FORMAT})
     write_json_atomic(os.path.join(path, CONFIG_FILE), config)
 
@@ -257,7 +260,9 @@ def _check_config(config, source: str, n_layer: int) -> dict:
 
 
 def _check_base_shape(model, config: dict, source: str) -> None:
-    saved, own = config.get("base_model") or {}, dataclasses.asdict(model.config)
+    if not isinstance(config.get("base_model"), dict):
+        raise _fail(source, "lacks 'base_model' (the GPTConfig fields of the base the adapter was trained on)")
+    saved, own = config["base_model"], dataclasses.asdict(model.config)
     differ = {k: (saved.get(k), own[k]) for k in _SHAPE_FIELDS if saved.get(k) != own[k]}
     if differ:
         detail = ", ".join(f"{k}: adapter {a} vs model {b}" for k, (a, b) in differ.items())
@@ -359,6 +364,8 @@ def load_adapter(model, path, force: bool = False):
     declares, and the base's weights hash (skipped with force=True). All or
     nothing: a failure leaves the model exactly as it was.
     """
+    if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        raise TypeError(f"load_adapter: expected a GPT (with .blocks), got {type(model).__name__}")
     config_path, tensor_path = _adapter_files(path)
     config = read_json(config_path)
     modules = _check_config(config, config_path, len(model.blocks))

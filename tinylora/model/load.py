@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
+
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
 from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.model.hf_gpt2 import load_gpt2
@@ -41,6 +43,9 @@ _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 def resolve(path) -> str:
     """A shipped model's name ("base-mini") becomes its folder; anything else is taken as a path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a model is a folder path (str or os.PathLike) or a shipped name "
+                        f"({', '.join(SHIPPED)}); got {type(path).__name__} {path!r}")
     return SHIPPED.get(str(path), os.fspath(path))
 
 
@@ -158,6 +163,8 @@ def _read_config(path) -> tuple[str, dict, str]:
 
 def load_gpt(path, device=None, dtype=None) -> GPT:
     """The model half of `load_model`: the GPT alone (eval mode), no tokenizer needed or read."""
+    if dtype is not None and str(np.dtype(dtype)) not in ("float32", "float64"):
+        raise ValueError(f"load_model: dtype must be float32 or float64, got {np.dtype(dtype)}")
     folder, config, source = _read_config(path)
     if "format" not in config:  # a Hugging Face GPT-2 folder
         model = load_gpt2(folder, dtype=dtype, device=device)
