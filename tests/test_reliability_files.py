@@ -592,3 +592,43 @@ def test_import_then_export_keeps_one_a_of_rank_r(tmp_path):
     export_peft(back, tmp_path / "drifted")
     drifted = read_json(tmp_path / "drifted/adapter_config.json")
     assert (drifted["r"], drifted["rank_pattern"]) == (6, {"h.1.attn.c_attn": 2})  # block 0: 3R, block 1: still R
+
+
+# ------------------------------------------------------------------ one loader, LoRA knowledge in lora/ (issue 10)
+def _module_level_imports(path) -> set:
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    names = set()
+    for node in tree.body:  # module level only: a call-time import inside a function is not a cycle
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_the_converter_depends_on_the_model_never_the_reverse():
+    root = os.path.dirname(tinylora.__file__)
+    gpt = _module_level_imports(os.path.join(root, "model", "gpt.py"))
+    assert not gpt & {"tinylora.model.hf_gpt2", "tinylora.model.load"}, gpt
+    assert "tinylora.model.gpt" in _module_level_imports(os.path.join(root, "model", "hf_gpt2.py"))
+
+
+def test_only_lora_knows_lora_parameters_by_name():
+    """Outside lora/ (and methods/, the LoRA family), no code reads .lora_A / .lora_B or rewrites '.base.' names."""
+    import ast
+
+    root = os.path.dirname(tinylora.__file__)
+    offenders = []
+    for folder, _, files in os.walk(root):
+        if os.path.relpath(folder, root).split(os.sep)[0] in ("lora", "methods"):
+            continue
+        for file in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, file)
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if isinstance(node, ast.Attribute) and node.attr in ("lora_A", "lora_B"):
+                    offenders.append(f"{path}:{node.lineno} .{node.attr}")
+                if isinstance(node, ast.Constant) and node.value in ("lora_A", "lora_B", ".base."):
+                    offenders.append(f"{path}:{node.lineno} {node.value!r}")
+    assert not offenders, offenders
