@@ -51,7 +51,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.1  # GPT-2's value, on embeddings, attention weights and both residual branches
+    dropout: float = 0.1  # GPT-2's value, on embeddings, attention weights and both residual branches (see below)
     bias: bool = True  # biases in every Linear (GPT-2 has them)
     layer_norm_eps: float = 1e-5
     # Hugging Face's three rates (embd_pdrop, attn_pdrop, resid_pdrop); None means `dropout`
