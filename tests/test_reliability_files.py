@@ -258,7 +258,7 @@ FILE_CASES = {
                                 lambda c: {**c, "modules": {"blocks.0.attn.wq": {"r": 2, "alpha": 2}}}),
         lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "blocks.0.attn.wq"]),
     "adapter r larger than the layer": (
-        lambda r, mp: edit_json(r / "adapter/adapter_config.json", edit_modules(r=99)),
+        lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {**edit_modules(r=99)(c), "r": 99}),
         lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter.safetensors", "r=99", "16"]),
     "adapter says bias none but holds ln_f.bias": (
         lambda r, mp: save_tensors(r / "adapter/adapter.safetensors",
@@ -290,6 +290,21 @@ FILE_CASES = {
     "adapter config without base_model": (
         lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {k: v for k, v in c.items() if k != "base_model"}),
         lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "'base_model'"]),
+    "adapter base.name is a number": (
+        lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {**c, "base": {"name": 5}}),
+        lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "base.name", "5"]),
+    "adapter weights_sha256 is not a hash": (
+        lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {**c, "base": {"weights_sha256": 7}}),
+        lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "weights_sha256", "7"]),
+    "adapter targets disagree with modules": (
+        lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {**c, "targets": ["fc"]}),
+        lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "'targets'", "['fc']", "['q', 'v']"]),
+    "adapter r disagrees with modules": (
+        lambda r, mp: edit_json(r / "adapter/adapter_config.json", lambda c: {**c, "r": 99}),
+        lambda r: load_adapter(base_model(), r / "adapter"), FileFormatError, ["adapter_config.json", "'r'", "99", "[2]"]),
+    "an adapter path that is an int": (
+        lambda r, mp: None,
+        lambda r: load_adapter(base_model(), 5), TypeError, ["adapter", "int", "5"]),
     "load_adapter given None for the model": (
         lambda r, mp: None,
         lambda r: load_adapter(None, r / "adapter"), TypeError, ["load_adapter", "NoneType"]),
@@ -309,7 +324,23 @@ FILE_CASES = {
         lambda r, mp: (export_peft(load_adapter(base_model(), r / "adapter"), r / "peft"),
                        edit_json(r / "peft/adapter_config.json", lambda c: {**c, "lora_alpha": "8"})),
         lambda r: import_peft(base_model(), r / "peft"), FileFormatError, ["adapter_model.safetensors", "lora_alpha", "'8'"]),
+    "PEFT lora_dropout = 2.0": (
+        lambda r, mp: (export_peft(load_adapter(base_model(), r / "adapter"), r / "peft"),
+                       edit_json(r / "peft/adapter_config.json", lambda c: {**c, "lora_dropout": 2.0})),
+        lambda r: import_peft(base_model(), r / "peft"), FileFormatError, ["adapter_config.json", "lora_dropout", "2.0"]),
+    "PEFT r is a string": (
+        lambda r, mp: (export_peft(load_adapter(base_model(), r / "adapter"), r / "peft"),
+                       edit_json(r / "peft/adapter_config.json", lambda c: {**c, "r": "4"})),
+        lambda r: import_peft(base_model(), r / "peft"), FileFormatError, ["adapter_config.json", "'r'", "'4'"]),
+    "PEFT rank_pattern is a list": (
+        lambda r, mp: (export_peft(load_adapter(base_model(), r / "adapter"), r / "peft"),
+                       edit_json(r / "peft/adapter_config.json", lambda c: {**c, "rank_pattern": ["c_attn"]})),
+        lambda r: import_peft(base_model(), r / "peft"), FileFormatError, ["adapter_config.json", "rank_pattern", "['c_attn']"]),
     # checkpoints
+    "latest.json names a link that leads out of the run": (
+        lambda r, mp: (os.makedirs(r / "run"), os.symlink(r / "tiny", r / "run/step-000002"),
+                       write_json_atomic(r / "run/latest.json", {"checkpoint": "step-000002"})),
+        lambda r: ckpt.latest_checkpoint(r / "run"), FileFormatError, ["latest.json", "step-000002", "outside"]),
     "latest.json points outside the run": (
         lambda r, mp: (os.makedirs(r / "run"), write_json_atomic(r / "run/latest.json", {"checkpoint": "../tiny", "step": 1})),
         lambda r: ckpt.latest_checkpoint(r / "run"), FileFormatError, ["latest.json", "'../tiny'", "step-NNNNNN"]),
@@ -554,6 +585,7 @@ def test_set_adapter_weights_from_arrays(folders):
     for name, value in lora_state_dict(expected).items():
         assert np.array_equal(lora_state_dict(model)[name], value), name
     before = snapshot(model)
+    raises(TypeError, ["dict", "list"], lambda: set_adapter_weights(model, list(saved.values())))
     raises(KeyError, ["blocks.0.attn.q.lora_A"],
            lambda: set_adapter_weights(model, {k: v for k, v in saved.items() if k != "blocks.0.attn.q.lora_A"}))
     raises(ValueError, ["blocks.1.attn.v.lora_B", "(16, 3)", "(16, 2)"],

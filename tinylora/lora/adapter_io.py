@@ -182,6 +182,8 @@ def set_adapter_weights(model, tensors: dict, biases=None) -> None:
     default the biases that train. Every name, shape and value (finite) is
     checked before anything is written; a failure leaves the model unchanged.
     """
+    if not isinstance(tensors, dict):
+        raise TypeError(f"set_adapter_weights: tensors must be a dict {{name: array}}, got {type(tensors).__name__}")
     params = dict(model.named_parameters())
     own = _own_parameters(model)
     if not own:
@@ -256,6 +258,20 @@ def _check_config(config, source: str, n_layer: int) -> dict:
     for key in ("base_model", "base"):
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise _fail(source, f"'{key}' must be an object, got {config[key]!r}")
+    base = config.get("base") or {}
+    if not isinstance(base.get("name"), (str, type(None))):
+        raise _fail(source, f"base.name must be a string or null, got {base.get('name')!r}")
+    digest = base.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise _fail(source, f"base.weights_sha256 must be 64 hex digits or null, got {digest!r}")
+    # the top-level fields summarise `modules` (what `tinylora info` shows): they must agree with it
+    targets = list(dict.fromkeys(_LORA_NAME.fullmatch(name).group(2) for name in modules))
+    if "targets" in config and config["targets"] != targets:
+        raise _fail(source, f"'targets' is {config['targets']!r} but 'modules' adapts {targets}")
+    for key in ("r", "alpha"):
+        values = {s[key] for s in modules.values()}
+        if config.get(key) is not None and values != {config[key]}:
+            raise _fail(source, f"'{key}' is {config[key]!r} but 'modules' has {key} = {sorted(values)}")
     return modules
 
 
@@ -334,6 +350,8 @@ def _check_identity(model, config: dict, skip, source: str) -> None:
 
 
 def _adapter_files(path) -> tuple[str, str]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"an adapter is a folder path (str or os.PathLike), got {type(path).__name__} {path!r}")
     path = os.fspath(path)
     config_path, tensor_path = os.path.join(path, CONFIG_FILE), os.path.join(path, TENSOR_FILE)
     if not os.path.exists(config_path):

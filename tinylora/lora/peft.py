@@ -171,6 +171,15 @@ def _read_peft(path) -> tuple:
         raise FileFormatError(f"{config_path}: expected a JSON object, got a {type(config).__name__}")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type is {config.get('peft_type')!r}; import_peft reads LoRA adapters only")
+    r, dropout = config.get("r", 8), config.get("lora_dropout", 0.0)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise FileFormatError(f"{config_path}: 'r' must be a positive int, got {r!r}")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
+        raise FileFormatError(f"{config_path}: 'lora_dropout' must be a number in [0, 1), got {dropout!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key) and not isinstance(config[key], dict):
+            raise FileFormatError(f"{config_path}: '{key}' must be an object {{module pattern: value}}, "
+                                  f"got {config[key]!r}")
     unsupported = [k for k in ("use_dora", "lora_bias") if config.get(k)]
     if unsupported:
         raise ValueError(f"{config_path}: {unsupported} change LoRA's formula; tinylora cannot import them")

@@ -79,6 +79,9 @@ def latest_checkpoint(run_dir) -> str | None:
         raise FileFormatError(f"{pointer}: 'checkpoint' must name a step-NNNNNN folder inside {run_dir}, "
                               f"got {name!r}")
     path = os.path.join(run_dir, name)
+    root = os.path.realpath(run_dir)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:  # a link that leads out of the run
+        raise FileFormatError(f"{pointer}: {name} is a link to {os.path.realpath(path)}, outside {run_dir}")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{pointer} points at {name}, but {path} does not exist")
     return path
