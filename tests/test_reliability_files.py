@@ -159,6 +159,16 @@ FILE_CASES = {
                                    {k: v.astype(np.int32) if k == "ln_f.bias" else v
                                     for k, v in load_tensors(r / "tiny/model.safetensors").items()}),
         lambda r: load_model(r / "tiny"), ValueError, ["model.safetensors", "ln_f.bias", "I32"]),
+    "NaN in a weight": (
+        lambda r, mp: save_tensors(r / "tiny/model.safetensors",
+                                   {k: v * np.nan if k == "blocks.1.mlp.fc.weight" else v
+                                    for k, v in load_tensors(r / "tiny/model.safetensors").items()}),
+        lambda r: load_model(r / "tiny"), ValueError, ["tiny", "blocks.1.mlp.fc.weight", "NaN"]),
+    "inf in a Hugging Face weight": (
+        lambda r, mp: save_tensors(r / "hf/model.safetensors",
+                                   {k: v * np.inf if k == "transformer.h.0.attn.c_attn.weight" else v
+                                    for k, v in load_tensors(r / "hf/model.safetensors").items()}),
+        lambda r: load_model(r / "hf"), ValueError, ["hf", "blocks.0.attn.q.weight", "inf"]),
     "a shard missing from the folder": (
         lambda r, mp: os.remove(r / "tiny/model.safetensors"),
         lambda r: load_model(r / "tiny"), FileNotFoundError, ["model.safetensors"]),
