@@ -84,16 +84,24 @@ class DoRALinear(LoRALinear):
         return h + w0x * (scale - 1.0) + lora * scale
 
     # ------------------------------------------------------------ merging
-    def merge(self) -> "DoRALinear":
-        """W0 <- (m/n) ⊙ (W0 + s B A) row by row, caching n for `unmerge`. Does nothing if merged."""
+    def merge(self, safe: bool = True) -> "DoRALinear":
+        """W0 <- (m/n) ⊙ (W0 + s B A) row by row, caching n for `unmerge`. Does nothing if merged.
+
+        W' is computed aside first; with safe=True (the default, as LoRALinear) a NaN or inf in it
+        is refused before W0 changes. A zero magnitude is refused too (the merge could not be undone).
+        """
         if not self.enabled:
             raise RuntimeError("DoRALinear: cannot merge a disabled adapter; call enable() first")
         if not self.merged:
+            xp = self.base.weight.device.xp
             n = self._row_norms()
             scale = (self.magnitude.data / n)[:, None]  # (d, 1)
             if not (scale != 0).all():
                 raise ValueError("DoRALinear: a magnitude is 0, so the merge could not be undone; not merging")
-            self.base.weight.data[...] = scale * (self.base.weight.data + self.delta_weight())
+            merged = scale * (self.base.weight.data + self.delta_weight())  # (d, k): W'
+            if safe and not bool(xp.isfinite(merged).all()):
+                raise ValueError("DoRALinear: W' has NaN or inf (in lora_A, lora_B or magnitude); W0 is unchanged")
+            self.base.weight.data[...] = merged
             self.merged_norm, self.merged = n, True
         return self
 
