@@ -29,7 +29,8 @@ def adapter_updates(model) -> dict:
 
 
 def train_adapter(load_base, train_set, val_set, r: int, alpha: float | None = 8, targets=("q", "v"),
-                  layers=None, steps: int = 150, lr: float = 3e-2, batch_size: int = 16, seed: int = 0) -> dict:
+                  layers=None, steps: int = 150, lr: float = 3e-2, batch_size: int = 16, seed: int = 0,
+                  eval_batches: int = 8) -> dict:
     """Train one LoRA adapter on a fresh base (`load_base()` returns a GPT); returns its result dict.
 
     {"r", "alpha", "seed", "val_loss", "val_loss_before", "trainable", "updates"}
@@ -38,7 +39,7 @@ def train_adapter(load_base, train_set, val_set, r: int, alpha: float | None = 8
     model = load_base()
     apply_lora(model, r=r, alpha=alpha, targets=targets, layers=layers)
     config = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=steps // 10,
-                         eval_every=steps, eval_batches=8, seed=seed, progress=False)
+                         eval_every=steps, eval_batches=eval_batches, seed=seed, progress=False)
     result = train(model, train_set, val_set, config)
     return {"r": r, "alpha": alpha, "seed": seed, "val_loss": result.val_loss_after,
             "val_loss_before": result.val_loss_before, "trainable": result.trainable,
