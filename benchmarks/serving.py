@@ -7,6 +7,7 @@ prompt of P random tokens to continue by G tokens (greedy, KV cache). Strategies
                   gather strategy): the base matmuls run once over R rows
     mixed-group   the same batch, LoRA branch grouped per adapter (PEFT's way)
     per-adapter   one batch per adapter: set_adapter, then generate its R/N requests together
+    merge-batch   one batch per adapter with that adapter merged into W0 (merge, generate, unmerge)
     merge-swap    one request at a time, in arrival order, with its adapter merged into W0
                   (merge when the adapter changes, unmerge before the next): no LoRA cost per token,
                   but batch 1 and a merge per switch (what the paper's §4.2 deployment implies)
@@ -28,7 +29,7 @@ import time
 
 from benchmarks.common import add_common_args, make_record, parse_args, write_result
 
-STRATEGIES = ("mixed", "mixed-group", "per-adapter", "merge-swap", "base")
+STRATEGIES = ("mixed", "mixed-group", "per-adapter", "merge-batch", "merge-swap", "base")
 
 
 def build(shape, n_adapters: int, rank: int, seed: int):
@@ -69,6 +70,13 @@ def serve(model, strategy: str, prompts, names, new_tokens: int):
             rows = [j for j, n in enumerate(names) if n == name]
             set_adapter(model, name)
             generate(model, prompts[rows], new_tokens, greedy=True)
+    elif strategy == "merge-batch":
+        for name in dict.fromkeys(names):
+            rows = [j for j, n in enumerate(names) if n == name]
+            set_adapter(model, name)
+            merge_lora(model)
+            generate(model, prompts[rows], new_tokens, greedy=True)
+            unmerge_lora(model)
     elif strategy == "merge-swap":
         current = None
         for j, name in enumerate(names):
@@ -131,8 +139,27 @@ def main(argv=None) -> dict:
               "targets": ["q", "v"], "rows": rows, "fastest": fastest(rows)}
     record = make_record("serving", args, "benchmarks.serving", result, shape=shape.as_dict())
     path = write_result(record, args.out, f"serving__{args.config}__{args.device}")
-    print(f"wrote {path}")
+    path.with_suffix(".md").write_text(markdown(record))
+    print(f"wrote {path} and its .md table")
     return record
+
+
+def markdown(record: dict) -> str:
+    """A table of generated tokens/s: one row per N, one column per strategy; the fastest LoRA strategy marked."""
+    result, shape = record["result"], record["shape"]
+    strategies = list(dict.fromkeys(row["strategy"] for row in result["rows"]))
+    by = {(row["adapters"], row["strategy"]): row["tokens_per_s"] for row in result["rows"]}
+    lines = [f"Serving on the {shape['name']} shape: {result['requests']} requests x ({result['prompt_tokens']} prompt + "
+             f"{result['new_tokens']} generated tokens), LoRA r = {result['rank']} on q, v; generated tokens/s "
+             f"(higher is better; **bold**: the fastest LoRA strategy). Load average "
+             f"{record['machine']['load_average_1min']} at the end, {record['threads']} thread(s).", "",
+             "`" + record["command"] + "`", "",
+             "| N adapters | " + " | ".join(strategies) + " |", "|---:|" + "---:|" * len(strategies)]
+    for n in dict.fromkeys(row["adapters"] for row in result["rows"]):
+        best = result["fastest"][str(n)]["strategy"]
+        cells = [f"**{by[n, s]:.1f}**" if s == best else f"{by[n, s]:.1f}" for s in strategies]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def fastest(rows) -> dict:
