@@ -32,7 +32,7 @@ PAPER_TABLE7 = {4: {"proj_dW": 0.32, "proj_W": 21.67, "proj_random": 0.02, "norm
 PAPER_NORM_W = 61.95
 
 
-def run_analysis(out_dir: str = "runs/analyze", ranks=(1, 2, 4, 8, 16, 64), steps: int = 150, batch_size: int = 16,
+def run_analysis(out_dir: str = "runs/analyze", ranks=(1, 2, 4, 8, 16, 64), steps: int = 40, batch_size: int = 8,
                  lr: float = 3e-2, alpha: float = 8, seed: int = 0, device=None) -> dict:
     """Train the adapters, compute every analysis, write OUT/results.json (+ RESULTS.md, PNGs); return the results."""
     from tinylora.cli.demo import _datasets
@@ -165,8 +165,8 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[1])
     p.add_argument("--out", default="runs/analyze", help="where results.json, RESULTS.md and plots go")
     p.add_argument("--ranks", default="1,2,4,8,16,64", help="ranks of the sweep (comma list; default 1,2,4,8,16,64)")
-    p.add_argument("--steps", type=int, default=150, help="training steps per adapter (default 150)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=40, help="training steps per adapter (default 40)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     p.add_argument("--lr", type=float, default=3e-2)
     p.add_argument("--alpha", type=float, default=8, help="α, the same for every rank (default 8)")
     p.add_argument("--seed", type=int, default=0)
