@@ -53,7 +53,9 @@ class LoRALinear(nn.Module):
                                initialization for A"), with PEFT's choice of std 1/r.
 
     Attributes: base, lora_A (r, k), lora_B (d, r), r, alpha, scaling = alpha / r,
-    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone).
+    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone);
+    for several named adapters (tinylora/lora/adapters.py, mixed.py): adapter_name (the one
+    lora_A / lora_B hold), stored_adapters (the others), per_example (set during a mixed batch).
 
     Merging (`merge()`, `unmerge()`) is explicit and idempotent; see their docstrings.
     Disabling a merged layer unmerges it first, so that `enabled=False` always means
