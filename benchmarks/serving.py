@@ -140,7 +140,8 @@ def main(argv=None) -> dict:
     record = make_record("serving", args, "benchmarks.serving", result, shape=shape.as_dict())
     path = write_result(record, args.out, f"serving__{args.config}__{args.device}")
     path.with_suffix(".md").write_text(markdown(record))
-    print(f"wrote {path} and its .md table")
+    plot(record, path.with_suffix(".png"))
+    print(f"wrote {path} and its .md table (and .png plot if matplotlib is installed)")
     return record
 
 
@@ -160,6 +161,32 @@ def markdown(record: dict) -> str:
         cells = [f"**{by[n, s]:.1f}**" if s == best else f"{by[n, s]:.1f}" for s in strategies]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot(record: dict, path) -> bool:
+    """Generated tokens/s against N, one line per strategy (False if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = record["result"]["rows"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for strategy in dict.fromkeys(row["strategy"] for row in rows):
+        mine = [row for row in rows if row["strategy"] == strategy]
+        ax.plot([row["adapters"] for row in mine], [row["tokens_per_s"] for row in mine], "o-", label=strategy)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("adapters N (requests round-robin over them)")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(f"serving on the {record['shape']['name']} shape, {record['result']['requests']} requests")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def fastest(rows) -> dict:
