@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tinylora.engine import ops
+import tinylora.functional as F
 from tinylora.engine.tensor import zeros
 from tinylora.nn import init
 from tinylora.nn.module import Module
@@ -30,7 +30,7 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x):
-        return ops.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -46,7 +46,7 @@ class Embedding(Module):
         init.normal_(self.weight)
 
     def forward(self, indices):
-        return ops.embedding(indices, self.weight)
+        return F.embedding(indices, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -63,7 +63,7 @@ class LayerNorm(Module):
         self.bias = Parameter(zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x):
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -79,7 +79,7 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x):
-        return ops.dropout(x, self.p, self.training)
+        return F.dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

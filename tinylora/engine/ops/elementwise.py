@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numbers
 
-from tinylora.engine.autograd import Function, unbroadcast
-from tinylora.engine.ops._util import broadcast_shapes
+from tinylora.engine.autograd import Function
+from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 class Add(Function):

@@ -10,8 +10,8 @@ So when W is frozen, the node saves W but not x.
 
 from __future__ import annotations
 
-from tinylora.engine.autograd import Function, unbroadcast
-from tinylora.engine.ops._util import broadcast_shapes
+from tinylora.engine.autograd import Function
+from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 def _swap_last(a):

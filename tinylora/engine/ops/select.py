@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tinylora.engine.autograd import Function, unbroadcast
+from tinylora.engine.autograd import Function
 from tinylora.engine.backend import scatter_add
-from tinylora.engine.ops._util import broadcast_shapes
+from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 def _mask_array(mask, like):
