@@ -22,6 +22,13 @@ from tinylora.engine.ops.softmax import softmax
 
 
 class CausalSoftmax(Function):
+    """y = softmax(scale * s) along the last axis over the visible positions, 0 where `future` is True.
+
+        s, y: (B, nh, T, S);  future: (T, S) bool;  ds = scale * y * (dy - sum(dy * y))  (last axis)
+
+    Keeps only y.
+    """
+
     def forward(self, scores, scale, future):
         xp = self.xp
         y = xp.multiply(scores, scale)  # (B, nh, T, S): the only new array

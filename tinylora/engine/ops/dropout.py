@@ -14,8 +14,13 @@ from tinylora.engine.random import device_rng
 
 
 class Dropout(Function):
+    """y = x * mask / (1 - p), mask ~ Bernoulli(1 - p) per element;  dx = dy * mask / (1 - p).
+
+    Keeps the bool mask (one byte per element).
+    """
+
     def forward(self, x, p, device):
-        keep = device_rng(device).random(x.shape, dtype=x.dtype) >= p  # bool: 1 byte per element
+        keep = device_rng(device).random(x.shape, dtype=x.dtype) >= p  # the mask, bool
         self.scale = 1.0 / (1.0 - p)
         self.save_for_backward(keep)
         return x * keep * self.scale

@@ -19,6 +19,13 @@ from tinylora.engine.autograd import Function
 
 
 class CrossEntropy(Function):
+    """loss = -(1/M) sum over kept n of log softmax(z_n)[t_n];  z: (N, C) logits, t: (N,) targets.
+
+        dz_n = (softmax(z_n) - onehot(t_n)) * dL / M for kept n, 0 for ignored n
+
+    Keeps the (N, C) probabilities (and the targets and keep mask), not the logits.
+    """
+
     def forward(self, logits, targets, ignore_index):
         xp = self.xp
         n_classes = logits.shape[-1]

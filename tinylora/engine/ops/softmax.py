@@ -11,8 +11,11 @@ from tinylora.engine.ops._util import pick_axis
 
 
 class Softmax(Function):
-    # forward: y = exp(x - max) / sum(exp(x - max))
-    # backward: dx = y * (dy - sum(dy * y))   (sums along `axis`)
+    """y = exp(x - max) / sum(exp(x - max)) along `axis` (max along it too); y has x's shape.
+
+    dx = y * (dy - sum(dy * y)), the sum along `axis`. Keeps y, not x.
+    """
+
     def forward(self, x, axis):
         self.axis = axis
         y = self.xp.exp(x - x.max(axis=axis, keepdims=True))
@@ -26,8 +29,11 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
-    # forward: y = x - max - log(sum(exp(x - max)))
-    # backward: dx = dy - exp(y) * sum(dy)
+    """y = x - max - log(sum(exp(x - max))) along `axis`; y has x's shape.
+
+    dx = dy - exp(y) * sum(dy), the sum along `axis`. Keeps y, not x.
+    """
+
     def forward(self, x, axis):
         self.axis = axis
         shifted = x - x.max(axis=axis, keepdims=True)
