@@ -294,16 +294,16 @@ class Tensor:
     def T(self):
         return F.permute(self, *reversed(range(self.ndim)))
 
-    def split(self, split_size_or_sections, axis=0, *, dim=None):
+    def split(self, split_size_or_sections, axis=None, *, dim=None):
         return F.split(self, split_size_or_sections, axis=axis, dim=dim)
 
     def masked_fill(self, mask, value):
         return F.masked_fill(self, mask, value)
 
-    def softmax(self, axis=-1, *, dim=None):
+    def softmax(self, axis=None, *, dim=None):
         return F.softmax(self, axis=axis, dim=dim)
 
-    def log_softmax(self, axis=-1, *, dim=None):
+    def log_softmax(self, axis=None, *, dim=None):
         return F.log_softmax(self, axis=axis, dim=dim)
 
 

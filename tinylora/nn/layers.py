@@ -11,6 +11,13 @@ from tinylora.nn.module import Module
 from tinylora.nn.parameter import Parameter
 
 
+def _check_sizes(layer: str, **sizes) -> None:
+    """Refuse a size that is not a positive int, naming it (Linear(0, 4) would divide by zero in its init)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+
+
 class Linear(Module):
     """y = x @ W.T + b with W of shape (out_features, in_features), as in PyTorch and the LoRA paper.
 
@@ -20,6 +27,7 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(zeros(out_features, in_features, device=device, dtype=dtype))
         init.kaiming_uniform_(self.weight)
@@ -41,6 +49,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
         super().__init__()
+        _check_sizes("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(zeros(num_embeddings, embedding_dim, device=device, dtype=dtype))
         init.normal_(self.weight)
@@ -57,6 +66,7 @@ class LayerNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
+        _check_sizes("LayerNorm", dim=dim)
         self.dim, self.eps = dim, eps
         self.weight = Parameter(zeros(dim, device=device, dtype=dtype))
         init.ones_(self.weight)

@@ -3,12 +3,14 @@
 import numbers
 
 
-def pick_axis(axis, dim):
-    """Accept NumPy's `axis=` or PyTorch's `dim=` (not both); a list becomes a tuple."""
+def pick_axis(axis, dim, default=None):
+    """Accept NumPy's `axis=` or PyTorch's `dim=` (not both; neither means `default`); a list becomes a tuple."""
     if dim is not None:
         if axis is not None and axis != dim:
             raise TypeError("give either axis= or dim=, not both")
         axis = dim
+    if axis is None:
+        axis = default
     if isinstance(axis, list):
         axis = tuple(axis)
     return axis

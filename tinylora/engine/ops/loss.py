@@ -31,6 +31,8 @@ class CrossEntropy(Function):
         n_classes = logits.shape[-1]
         z = logits.reshape(-1, n_classes)  # (N, C)
         t = targets.reshape(-1)  # (N,)
+        if t.size == 0:
+            raise ValueError(f"cross_entropy: logits of shape {logits.shape} hold no positions to average over")
         keep = t != ignore_index
         kept = int(keep.sum())
         if kept == 0:

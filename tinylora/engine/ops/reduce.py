@@ -99,7 +99,10 @@ def mean(x, axis=None, keepdims=False, *, dim=None):
 
 def max(x, axis=None, keepdims=False, *, dim=None):
     """Maximum over `axis` (values only); ties share the gradient equally."""
-    return Max.apply(x, axes=normalize_axes(pick_axis(axis, dim), x.ndim), keepdims=keepdims)
+    axes = normalize_axes(pick_axis(axis, dim), x.ndim)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"max: a tensor of shape {x.shape} has no elements along axis {axis}: the maximum is undefined")
+    return Max.apply(x, axes=axes, keepdims=keepdims)
 
 
 def var(x, axis=None, keepdims=False, ddof=0, *, dim=None):

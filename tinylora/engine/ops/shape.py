@@ -163,9 +163,9 @@ def getitem(x, index):
     return GetItem.apply(x, index=index)
 
 
-def concatenate(tensors, axis=0, *, dim=None):
+def concatenate(tensors, axis=None, *, dim=None):
     """Join tensors along an existing axis (torch.cat)."""
-    axis = pick_axis(axis, dim)
+    axis = pick_axis(axis, dim, default=0)
     shapes = [t.shape for t in tensors]
     for s in shapes[1:]:
         if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis % len(s)):
@@ -176,17 +176,17 @@ def concatenate(tensors, axis=0, *, dim=None):
 cat = concatenate
 
 
-def stack(tensors, axis=0, *, dim=None):
+def stack(tensors, axis=None, *, dim=None):
     """Stack equally shaped tensors along a new axis."""
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: all tensors need the same shape, got {sorted(shapes)}")
-    return Stack.apply(*tensors, axis=pick_axis(axis, dim))
+    return Stack.apply(*tensors, axis=pick_axis(axis, dim, default=0))
 
 
-def split(x, split_size_or_sections, axis=0, *, dim=None):
+def split(x, split_size_or_sections, axis=None, *, dim=None):
     """Cut x along `axis` into chunks, PyTorch-style: an int is each chunk's size, a list the sizes."""
-    axis = axis_index("split", pick_axis(axis, dim), x.ndim)
+    axis = axis_index("split", pick_axis(axis, dim, default=0), x.ndim)
     length = x.shape[axis]
     if isinstance(split_size_or_sections, int):
         if split_size_or_sections <= 0:
