@@ -23,7 +23,9 @@ from tinylora import nn
 from tinylora.lora.layer import LoRALinear
 
 TARGETS = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "fc": "mlp", "proj": "mlp"}  # name -> parent module
-_TIED = ("wte", "lm_head", "head", "wpe")
+# not Linear layers of tinylora's GPT: the embeddings are lookups, and the LM head (Hugging Face's `lm_head`,
+# often called `head`) is no module at all: logits = x @ wte.weight.T. Named here for a clearer error.
+_NOT_TARGETS = ("wte", "wpe", "lm_head", "head")
 BIAS_MODES = ("none", "all", "lora_only")
 
 
@@ -41,7 +43,7 @@ def _check_targets(targets) -> tuple:
     if not targets:
         raise ValueError(f"apply_lora: targets is empty; choose from {tuple(TARGETS)}")
     for t in targets:
-        if t in _TIED:
+        if t in _NOT_TARGETS:
             raise ValueError(
                 f"apply_lora: '{t}' cannot be a LoRA target: the embeddings (wte, wpe) are lookups, not "
                 f"Linear layers, and the LM head is tied to wte; choose from {tuple(TARGETS)}"

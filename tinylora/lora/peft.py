@@ -83,7 +83,7 @@ def export_peft(model, path) -> None:
     """Write `model`'s LoRA as a PEFT adapter that `peft.PeftModel.from_pretrained` loads onto HF's GPT-2.
 
     The HF model must hold the same base weights (e.g. the directory the GPT
-    came from, or one written by `tinylora.hf.save_gpt2`). Only A and B are
+    came from, or one written by `tinylora.model.hf_gpt2.save_gpt2`). Only A and B are
     exported: a model whose biases train is refused (save_adapter keeps them).
     """
     C = model.config.n_embd
@@ -99,7 +99,7 @@ def export_peft(model, path) -> None:
     biases = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
     if biases:
         raise ValueError(f"export_peft: biases train ({biases[:3]}...), but only A and B are exported; use "
-                         "save_adapter, or merge_lora and tinylora.hf.save_gpt2 for a full model")
+                         "save_adapter, or merge_lora and tinylora.model.hf_gpt2.save_gpt2 for a full model")
     dropouts = {layer.lora_dropout.p for parts in groups.values() for _, layer in parts}
     if len(dropouts) > 1:
         raise ValueError(f"export_peft: LoRA layers use different dropouts {sorted(dropouts)}; PEFT has one")

@@ -13,7 +13,7 @@
 Names follow the LoRA paper: the four attention matrices are the separate
 Linear modules `q`, `k`, `v`, `o` (W_q, W_k, W_v, W_o), so LoRA can adapt any
 subset of them. (Hugging Face's GPT-2 fuses q, k, v into one `c_attn`;
-tinylora.hf splits it when loading.) Linear weights are stored
+tinylora.model.hf_gpt2 splits it when loading.) Linear weights are stored
 (out_features, in_features), as in PyTorch and the paper's W0 ∈ R^{d×k}.
 
 The LM head is tied to the token embedding: logits = x @ wte.weight.T. There
@@ -21,7 +21,7 @@ is one Parameter, stored once in `state_dict()`; its gradient is the sum of
 what the lookup and the head contribute. The head is never a LoRA target.
 
 Generation reuses past keys and values through a `KVCache` (see below and
-`tinylora.generate`).
+`tinylora.model.generate`).
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None) -> "GPT":
-        """Load Hugging Face GPT-2 weights from `path` (see `tinylora.hf.load_gpt2`)."""
-        from tinylora.model.hf_gpt2 import load_gpt2  # lazy: tinylora.hf is only needed for pretrained weights
+        """Load Hugging Face GPT-2 weights from `path` (see `tinylora.model.hf_gpt2.load_gpt2`)."""
+        from tinylora.model.hf_gpt2 import load_gpt2  # lazy: tinylora.model.hf_gpt2 is only needed for pretrained weights
 
         return load_gpt2(path, dtype=dtype, device=device)

@@ -9,7 +9,7 @@ tinylora's own folder (what `tinylora pretrain`, `finetune --method full` and
 
 `load_model` also reads a Hugging Face GPT-2 folder (config.json with
 "model_type": "gpt2" + model.safetensors, and vocab.json + merges.txt for its
-tokenizer) through tinylora.hf, and the base model shipped inside the package
+tokenizer) through tinylora.model.hf_gpt2, and the base model shipped inside the package
 ("base-mini", see tinylora/assets/README.md).
 """
 
