@@ -15,12 +15,12 @@ name; use `F.sum`, `F.max`, `F.pow` (or `x.sum()`, `x.max()`, `x ** p`).
 
 from tinylora.engine.ops.attention import causal_softmax, causal_softmax_reference
 from tinylora.engine.ops.dropout import dropout
-from tinylora.engine.ops.elementwise import add, div, exp, log, mul, neg, pow, relu, sqrt, sub, tanh
+from tinylora.engine.ops.elementwise import add, div, exp, log, mul, neg, pow, relu, sqrt, sub, tanh  # noqa: F401 (pow)
 from tinylora.engine.ops.gelu import gelu
 from tinylora.engine.ops.layer_norm import layer_norm
 from tinylora.engine.ops.loss import cross_entropy
 from tinylora.engine.ops.matmul import linear, matmul
-from tinylora.engine.ops.reduce import max, mean, sum, var
+from tinylora.engine.ops.reduce import max, mean, sum, var  # noqa: F401 (max, sum: see SHADOWS_A_BUILTIN)
 from tinylora.engine.ops.select import embedding, masked_fill, where
 from tinylora.engine.ops.shape import cat, concatenate, getitem, permute, reshape, split, stack, to, transpose
 from tinylora.engine.ops.softmax import log_softmax, softmax
