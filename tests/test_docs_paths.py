@@ -118,3 +118,22 @@ def test_the_scan_finds_the_names_it_should():
     assert not any(f.endswith("/no_such_file.py") for f in _repo_files())
     assert _resolves("tinylora.engine.backend.memory") and _resolves("tinylora.tensor")
     assert not _resolves("tinylora.hf.load_gpt2") and not _resolves("tinylora.no_such_module")
+
+
+def _lines(path: Path) -> int:
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return sum(len(f.read_text(encoding="utf-8").splitlines()) for f in files)
+
+
+def test_where_to_read_line_counts_match_the_tree():
+    """Each row's count is the `wc -l` of its files (a folder: all its .py files), to 10% or 10 lines."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("## Where to read"):].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) >= 10
+    for step, read, lines, _ in rows:
+        if not lines.strip():
+            continue
+        paths = [ROOT / p for p in re.findall(r"`([^`]+)`", read)]
+        counted = sum(_lines(p) for p in paths)
+        assert abs(counted - int(lines)) <= max(10, 0.1 * counted), f"step {step.strip()}: README says {lines.strip()} lines, the files have {counted}"
