@@ -125,12 +125,11 @@ def backward(tensor, grad) -> None:
         leaf_grads[id(tensor)] = (tensor, grad)
     else:
         pending = {id(tensor._ctx): grad}  # id(node) -> dL/d(node's output), summed over its consumers
-        del grad  # memory: `pending` holds the only reference, so popping it below frees it
         for node in topological_order(tensor._ctx):
             out_grad = pending.pop(id(node), None)
             if out_grad is not None:
                 _send_to_inputs(node, node.backward(out_grad), pending, leaf_grads)
-            node.release()  # memory: this node's saved arrays and links go now, not after the whole pass
+            node.release()  # memory: its saved arrays and links go now, not after the pass (and it is marked used)
     graph_memory.write_leaf_grads(leaf_grads.values())
 
 

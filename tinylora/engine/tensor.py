@@ -70,7 +70,7 @@ class Tensor:
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
-        memory.track(data, "other")
+        memory.track(data, "other")  # memory: counted as "other" until a Parameter, grad or node retags it
 
     # ------------------------------------------------------------------ basics
     @property
