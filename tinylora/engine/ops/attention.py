@@ -4,13 +4,10 @@ The readable version, three ops and three nodes (see `causal_softmax_reference`)
 
     att = softmax(masked_fill(scores * scale, future, -inf), axis=-1)
 
-allocates a new (B, nh, T, S) array for each op, forward and backward. This
-node computes the same thing in one buffer and keeps only the output:
-
-    forward:   y = softmax(scale * s) over the visible positions, 0 where `future` is True
-    backward:  ds = scale * y * (dy - sum(dy * y))     (sum over the last axis)
-
-(A masked position has y = 0, so its gradient is 0 without a separate step.)
+allocates a new (B, nh, T, S) array for each op, forward and backward. The
+CausalSoftmax node (its docstring has the math) computes the same thing in one
+buffer and keeps only the output. A masked position has y = 0, so its gradient
+is 0 without a separate step.
 `tests/test_attention_fused.py` checks that the two agree, forward and backward.
 """
 
