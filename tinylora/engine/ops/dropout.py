@@ -1,6 +1,4 @@
-"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
-
-    y = x * mask / (1 - p),  mask ~ Bernoulli(1 - p)      backward: dx = dy * mask / (1 - p)
+"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p) (math: Dropout's docstring).
 
 The mask comes from tinylora's seeded generator (`tinylora.manual_seed`), drawn
 on the tensor's device. In eval mode, or with p = 0, dropout is the identity and
