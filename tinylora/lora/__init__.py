@@ -7,11 +7,12 @@ A ∈ R^{r×k}, r << min(d, k):  h = W0 x + (α/r) B A x.
     apply.py       apply_lora, mark_only_lora_as_trainable, lora_state_dict,
                    merge_lora / unmerge_lora, merge_and_unload, disable_lora / enable_lora / lora_disabled,
                    parameter_report
-    adapter_io.py  save_adapter / load_adapter (safetensors + JSON config)
+    adapter_io.py  save_adapter / load_adapter (safetensors + JSON config, the base's identity),
+                   set_adapter_weights (an adapter from arrays)
     peft.py        export_peft / import_peft (Hugging Face PEFT's adapter format)
 """
 
-from tinylora.lora.adapter_io import load_adapter, save_adapter
+from tinylora.lora.adapter_io import BaseMismatchError, load_adapter, save_adapter, set_adapter_weights
 from tinylora.lora.apply import (
     apply_lora,
     disable_lora,
@@ -29,7 +30,7 @@ from tinylora.lora.layer import LoRALinear
 from tinylora.lora.peft import export_peft, import_peft
 
 __all__ = [
-    "LoRALinear", "apply_lora", "disable_lora", "enable_lora", "export_peft", "import_peft", "load_adapter",
+    "BaseMismatchError", "LoRALinear", "apply_lora", "disable_lora", "enable_lora", "export_peft", "import_peft", "load_adapter",
     "lora_disabled", "lora_layers", "lora_state_dict", "mark_only_lora_as_trainable", "merge_and_unload", "merge_lora",
-    "parameter_report", "save_adapter", "unmerge_lora",
+    "parameter_report", "save_adapter", "set_adapter_weights", "unmerge_lora",
 ]

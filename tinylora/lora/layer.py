@@ -126,17 +126,30 @@ class LoRALinear(nn.Module):
         """ΔW = (α/r) B A as a raw array (d, k), on the weights' device; no graph."""
         return (self.lora_B.data @ self.lora_A.data) * self.scaling
 
-    def merge(self) -> "LoRALinear":
-        """W0 <- W0 + (α/r) B A, in place, so forward costs one matmul. Does nothing if already merged.
+    def merge(self, safe: bool = True) -> "LoRALinear":
+        """W0 <- W0 + (α/r) B A, so forward costs one matmul. Does nothing if already merged.
+
+        safe=True (the default, PEFT's `safe_merge`): W0 + ΔW is computed aside and checked
+        first; if any entry is NaN or inf, a ValueError is raised and W0 is left untouched.
+        safe=False adds ΔW into W0 in place (no extra d×k buffer, no check).
 
         For inference: while merged, forward is base(x) alone, so A and B get no gradient.
         Rounding: W0 + ΔW - ΔW is W0 only up to float rounding (about 1e-7 relative in float32).
         """
         if not self.enabled:
             raise RuntimeError("LoRALinear: cannot merge a disabled adapter; call enable() first")
-        if not self.merged:
+        if self.merged:
+            return self
+        if not safe:
             self.base.weight.data += self.delta_weight()
-            self.merged = True
+        else:
+            merged = self.base.weight.data + self.delta_weight()  # (d, k), aside: W0 is not touched yet
+            bad = int((~self.base.weight.device.xp.isfinite(merged)).sum())
+            if bad:
+                raise ValueError(f"LoRALinear.merge: W0 + ΔW has {bad} non-finite entries (NaN or inf) of "
+                                 f"{merged.size}; the adapter's A or B is broken; W0 was left unchanged")
+            self.base.weight.data[...] = merged
+        self.merged = True
         return self
 
     def unmerge(self) -> "LoRALinear":
