@@ -4,8 +4,11 @@
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
     tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
     tinylora generate --model MODEL [--adapter A]   sample text
-    tinylora merge --base MODEL --adapter A --out M W = W0 + BA, saved as a plain model
+    tinylora merge --base MODEL --adapter A --out M W = W0 + (α/r) B A, saved as a plain model
     tinylora info --model MODEL [--rank r]          parameter counts
+    tinylora analyze [--out DIR]                    the paper's rank analyses (φ, Table 7, rank sweep)
+    tinylora serve --requests FILE --adapter N=DIR  batch generation, many adapters in one batch
+    tinylora download gpt2 --out DIR                a Hugging Face GPT-2 folder (needs huggingface_hub)
 
 Every subcommand has --help. A bad argument or file is reported in one line
 (`tinylora: error: ...`), not a traceback; set TINYLORA_DEBUG=1 to see the traceback.
@@ -182,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=_targets, default=("q", "v"))
     p.add_argument("--detail", action="store_true", help="one row per module (builds a preset's model)")
     p.add_argument("--adapter", default=None, help="describe this adapter folder instead (its settings, size, base)")
+
+    from tinylora.cli import analyze, download, serve
+
+    for module in (analyze, serve, download):
+        module.add_parser(sub)
     return parser
 
 
@@ -388,8 +396,18 @@ def cmd_info(args) -> None:
     print(report["text"] if args.detail else report["text"].splitlines()[-1])
 
 
+def _run(name: str):
+    """The `run(args)` of tinylora/cli/<name>.py, imported when the command runs."""
+    def command(args):
+        import importlib
+
+        importlib.import_module(f"tinylora.cli.{name}").run(args)
+    return command
+
+
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
-            "merge": cmd_merge, "info": cmd_info}
+            "merge": cmd_merge, "info": cmd_info, "analyze": _run("analyze"), "serve": _run("serve"),
+            "download": _run("download")}
 
 
 def main(argv=None) -> int:

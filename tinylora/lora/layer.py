@@ -53,7 +53,9 @@ class LoRALinear(nn.Module):
                                initialization for A"), with PEFT's choice of std 1/r.
 
     Attributes: base, lora_A (r, k), lora_B (d, r), r, alpha, scaling = alpha / r,
-    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone).
+    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone);
+    for several named adapters (tinylora/lora/adapters.py, mixed.py): adapter_name (the one
+    lora_A / lora_B hold), stored_adapters (the others), per_example (set during a mixed batch).
 
     Merging (`merge()`, `unmerge()`) is explicit and idempotent; see their docstrings.
     Disabling a merged layer unmerges it first, so that `enabled=False` always means
@@ -93,6 +95,11 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(zeros(d, r, device=device, dtype=dtype))  # (d, r), zero: ΔW = 0 at init
         self.merged = False  # is ΔW currently added into base.weight?
         self.enabled = True  # False: forward is the base layer alone
+        # Several named adapters (tinylora/lora/adapters.py): lora_A, lora_B, r, alpha, scaling
+        # always describe the active one, called `adapter_name`; the others wait in `stored_adapters`.
+        self.adapter_name = "default"
+        self.stored_adapters = {}  # name -> AdapterState, not registered: only the active adapter trains
+        self.per_example = None  # set while a batch mixes adapters (tinylora/lora/mixed.py): x -> each row's ΔW x
         self.reset_lora_parameters()
         self.train(base.training)  # a model in eval mode stays in eval mode (LoRA dropout off)
 
@@ -123,6 +130,8 @@ class LoRALinear(nn.Module):
         h = self.base(x)  # (..., d): W0 x + b (W0 already holds ΔW when merged)
         if self.merged or not self.enabled:
             return h
+        if self.per_example is not None:  # a mixed-adapter batch: row b gets its own (α_b/r_b) B_b A_b x_b
+            return h + self.per_example(x)
         z = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): A x
         return h + F.linear(z * self.scaling, self.lora_B)  # (..., d): + (α/r) B A x, scaled in r dims (cheaper)
 

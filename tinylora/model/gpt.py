@@ -273,9 +273,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2: token + position embeddings, n_layer pre-LN blocks, final LayerNorm, head tied to wte.
 
-    forward(idx, targets=None, kv_cache=None) -> (logits, loss)
+    forward(idx, targets=None, kv_cache=None, adapter_ids=None) -> (logits, loss)
         idx      int (B, T), T <= block_size (counting what a kv_cache already holds)
         targets  int (B, T) or None; entries equal to -100 are ignored by the loss
+        adapter_ids  None, or one LoRA adapter name per example ("base": none), see tinylora/lora/mixed.py
         logits   (B, T, V);  loss = mean cross-entropy over kept targets, or None
 
     Init (GPT-2's): every Linear and Embedding weight ~ N(0, 0.02^2), except the
@@ -318,6 +319,8 @@ class GPT(nn.Module):
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must have shape (B, T), got {idx.shape}")
         t = idx.shape[1]
+        if t == 0 or idx.shape[0] == 0:
+            raise ValueError(f"GPT: idx has shape {idx.shape}: a forward pass needs at least one sequence of one token")
         if past + t > self.config.block_size:
             where = f" after the {past} positions in the kv_cache" if past else ""
             raise ValueError(
@@ -338,7 +341,12 @@ class GPT(nn.Module):
             x = block(x, kv_cache)  # (B, T, C)
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, adapter_ids=None):
+        if adapter_ids is not None:  # one LoRA adapter per example (tinylora/lora/mixed.py)
+            from tinylora.lora.mixed import mixed_adapters
+
+            with mixed_adapters(self, adapter_ids):
+                return self.forward(idx, targets, kv_cache)
         x = self.hidden_states(idx, kv_cache)  # (B, T, C)
         logits = F.linear(x, self.wte.weight)  # (B, T, V): the head tied to the embedding, x @ wte.weight.T
         loss = None
