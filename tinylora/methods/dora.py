@@ -26,7 +26,7 @@ recovered from W'. A zero row of W0 (or of W0 + sBA) has no direction: that is a
 
 Defaults: as LoRA (r, α, targets); the authors advise a slightly lower learning rate than LoRA's and
 note half the rank often suffices. Checked against PEFT's `LoraConfig(use_dora=True)` on HF GPT-2 in
-float64 (tests/test_methods_dora_peft.py): logits, every gradient, merged weights.
+float64 (tests/test_methods_peft.py): logits, every gradient, merged weights.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ constant s changes. Why √r: starting from B = 0, one SGD step with learning ra
     ΔB = -η s G (A x)ᵀ,   ΔW = s ΔB A = -η s² G xᵀ AᵀA,   E[AᵀA] = r/(3k) · I  (A ~ U(±1/√k))
 
 so the first update has size ∝ s² r: ∝ 1/r under α/r (a larger rank learns slower), independent of r
-under α/√r. Tested in tests/test_methods_rslora.py; checked against PEFT's `LoraConfig(use_rslora=True)`.
+under α/√r. Tested in tests/test_methods_rslora_loraplus.py; checked against PEFT's `LoraConfig(use_rslora=True)`.
 
 Defaults: α = r when None (as LoRALinear), so s = √r; PEFT's default lora_alpha is 8.
 `make_rslora(layer)` switches any LoRA-like layer (DoRA, PiSSA, ...) to this scaling: that is how
