@@ -18,6 +18,8 @@ import os
 import shlex
 import sys
 
+from tinylora.cli import course
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, except that a bad argument is reported in one line, like every other error here."""
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="base-mini")
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
+
+    course.add_parser(sub)
 
     p = sub.add_parser("info", help="parameter counts, with or without LoRA")
     p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
@@ -273,7 +277,7 @@ def cmd_info(args) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
-            "merge": cmd_merge, "info": cmd_info}
+            "merge": cmd_merge, "info": cmd_info, "course": course.run}
 
 
 def main(argv=None) -> int:
