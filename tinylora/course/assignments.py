@@ -83,7 +83,7 @@ A5 = Assignment(
              "only A and B (and the chosen biases) require grad; everything else is frozen", needs=(1,)),
         Task(5, "the rank-2r export", (("tinylora/lora/peft.py", "_fuse"),),
              "LoRA on q and v as one c_attn LoRA: A' = [A_q; A_v], B' block-diagonal in the q, k, v rows",
-             needs=(1,)),
+             needs=(1, 4)),
     ))
 
 ASSIGNMENTS = (A1, A3, A5)
