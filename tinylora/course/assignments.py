@@ -69,6 +69,22 @@ A3 = Assignment(
              "backward of layer norm for x, weight and bias from xhat and rstd"),
     ))
 
+GPT = "tinylora/model/gpt.py"
+
+A4 = Assignment(
+    "A4", "Attention and a GPT block", "tutorials/course/A4_attention_and_a_gpt_block.ipynb",
+    "tests/course/test_a4_attention.py", (
+        Task(1, "split into heads", ((GPT, "CausalSelfAttention._heads"),),
+             "(B, T, C) -> (B, nh, T, hs): head h gets channels h*hs .. (h+1)*hs"),
+        Task(2, "causal self-attention", ((GPT, "CausalSelfAttention.forward"),),
+             "softmax(q kᵀ / sqrt(hs)) v with position t seeing keys 0..t only (and the cache's past), heads "
+             "joined, then W_o", needs=(1,)),
+        Task(3, "the pre-LN block", ((GPT, "Block.forward"),),
+             "x + attn(ln_1(x)), then x + mlp(ln_2(x))", needs=(1, 2)),
+        Task(4, "the KV cache", ((GPT, "KVCache.update"),),
+             "append the new keys and values along the time axis and return all of them", needs=(1, 2, 3)),
+    ))
+
 A5 = Assignment(
     "A5", "The LoRA layer", "tutorials/course/A5_the_lora_layer.ipynb", "tests/course/test_a5_lora.py", (
         Task(1, "zero init", (("tinylora/lora/layer.py", "LoRALinear.reset_lora_parameters"),),
@@ -86,7 +102,7 @@ A5 = Assignment(
              needs=(1, 4)),
     ))
 
-ASSIGNMENTS = (A1, A3, A5)
+ASSIGNMENTS = (A1, A3, A4, A5)
 
 
 def get_assignment(name: str) -> Assignment:
