@@ -10,7 +10,7 @@ from gradcheck import gradcheck, random_array
 
 import tinylora
 import tinylora.functional as F
-from tinylora.engine.autograd import unbroadcast
+from tinylora.engine.ops._util import unbroadcast
 
 
 def t64(shape, seed=0, kind="normal"):

@@ -48,7 +48,7 @@ OPS = "tinylora/engine/ops"
 
 A1 = Assignment(
     "A1", "Ops and broadcasting", "tutorials/course/A1_ops_and_broadcasting.ipynb", "tests/course/test_a1_ops.py", (
-        Task(1, "unbroadcast", (("tinylora/engine/autograd.py", "unbroadcast"),),
+        Task(1, "unbroadcast", ((f"{OPS}/_util.py", "unbroadcast"),),
              "sum the gradient over the axes that broadcasting stretched, so it has the input's shape"),
         Task(2, "exp and tanh", ((f"{OPS}/elementwise.py", "Exp.forward"), (f"{OPS}/elementwise.py", "Exp.backward"),
                                   (f"{OPS}/elementwise.py", "Tanh.forward"), (f"{OPS}/elementwise.py", "Tanh.backward")),
@@ -57,6 +57,23 @@ A1 = Assignment(
              "backward of a * b and a / b with broadcasting (use unbroadcast)", needs=(1,)),
         Task(4, "matmul", ((f"{OPS}/matmul.py", "MatMul.backward"),),
              "backward of a @ b: da = dy @ b^T, db = a^T @ dy, batched and broadcast", needs=(1,)),
+    ))
+
+AUTOGRAD = "tinylora/engine/autograd.py"
+
+A2 = Assignment(
+    "A2", "The autograd engine", "tutorials/course/A2_the_autograd_engine.ipynb", "tests/course/test_a2_autograd.py", (
+        Task(1, "no_grad", ((AUTOGRAD, "no_grad.__enter__"), (AUTOGRAD, "no_grad.__exit__")),
+             "switch graph building off on entry and back to what it was on exit (nesting, exceptions)"),
+        Task(2, "topological order", ((AUTOGRAD, "topological_order"),),
+             "every node before the nodes that made its inputs, with an explicit stack (no recursion)"),
+        Task(3, "gradient accumulation", ((AUTOGRAD, "_send_to_inputs"),),
+             "add each input gradient to its parent's running sum: a node's pending gradient or a leaf's",
+             needs=(2,)),
+        Task(4, "releasing nodes", ((AUTOGRAD, "Function.release"),),
+             "drop the saved arrays (stop counting them) and the links, and mark the node freed", needs=(2, 3)),
+        Task(5, "the frozen-weight rule", ((f"{OPS}/matmul.py", "Linear.forward"),),
+             "y = x Wᵀ + b, saving W only if x needs a gradient and x only if W does", needs=(2, 3, 4)),
     ))
 
 A3 = Assignment(
@@ -102,7 +119,7 @@ A5 = Assignment(
              needs=(1, 4)),
     ))
 
-ASSIGNMENTS = (A1, A3, A4, A5)
+ASSIGNMENTS = (A1, A2, A3, A4, A5)
 
 
 def get_assignment(name: str) -> Assignment:
