@@ -48,6 +48,15 @@ def require(module_name: str):
         pytest.skip(f"reference library '{module_name}' is not installed")
 
 
+def pytest_configure(config):
+    """Register the course's task markers (a1_task1, ...): `pytest -m a1_task2` runs one task's tests."""
+    from tinylora.course import ASSIGNMENTS
+
+    for assignment in ASSIGNMENTS:
+        for task in assignment.tasks:
+            config.addinivalue_line("markers", f"{assignment.marker(task)}: {assignment.message(task)}")
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     """Every test starts from the same seed."""

@@ -186,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", action="store_true", help="one row per module (builds a preset's model)")
     p.add_argument("--adapter", default=None, help="describe this adapter folder instead (its settings, size, base)")
 
-    from tinylora.cli import analyze, download, serve
+    from tinylora.cli import analyze, course, download, serve
 
-    for module in (analyze, serve, download):
+    for module in (analyze, serve, download, course):
         module.add_parser(sub)
     return parser
 
@@ -407,7 +407,7 @@ def _run(name: str):
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
             "merge": cmd_merge, "info": cmd_info, "analyze": _run("analyze"), "serve": _run("serve"),
-            "download": _run("download")}
+            "download": _run("download"), "course": _run("course")}
 
 
 def main(argv=None) -> int:
