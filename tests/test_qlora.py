@@ -41,7 +41,7 @@ from tinylora.quant.nf4 import (
     unpack_nibbles,
 )
 
-MAX_GAP = float(np.max(np.diff(CODE)))  # 1 - 0.7229568 = 0.2770432, the code book's widest gap
+MAX_GAP = float(np.max(np.diff(CODE)))  # -0.6961928 - (-1) = 0.3038072, the code book's widest gap
 HALF_GAP = MAX_GAP / 2  # the worst rounding, as a fraction of the block's absmax
 
 
