@@ -64,7 +64,8 @@ class LoRALinear(nn.Module):
         super().__init__()
         quantized = getattr(base, "is_quantized", False)  # a frozen 4-bit base (tinylora.quant.NF4Linear)
         if not isinstance(base, nn.Linear) and not quantized:
-            raise TypeError(f"LoRALinear wraps an nn.Linear (or a quantized one such as NF4Linear), got {type(base).__name__}")
+            raise TypeError(f"LoRALinear wraps an nn.Linear (or a quantized one such as NF4Linear), "
+                            f"got {type(base).__name__}")
         d, k = base.out_features, base.in_features
         if not isinstance(r, numbers.Integral) or isinstance(r, bool):
             raise TypeError(f"LoRALinear: rank r must be an int, got {r!r}")

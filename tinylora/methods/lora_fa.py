@@ -1,6 +1,6 @@
 """LoRA-FA: LoRA with the down-projection A frozen at its random init (Zhang et al. 2023, arXiv 2308.03303, v1).
 
-    h = W0 x + (α/r) B A x        W0 ∈ R^{d×k} frozen,  A ∈ R^{r×k} frozen (random),  B ∈ R^{d×r} trains, B = 0 at init
+    h = W0 x + (α/r) B A x      W0 ∈ R^{d×k} frozen,  A ∈ R^{r×k} frozen (random),  B ∈ R^{d×r} trains (0 at init)
 
 The layer is LoRA's (`tinylora.lora.LoRALinear`): same init, same forward, same merge W0 + (α/r) B A.
 The only change is which factor trains, and that changes what backward must keep:

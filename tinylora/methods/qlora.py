@@ -106,8 +106,8 @@ def merge_qlora(model, requantize: bool = False):
 
     Like `merge_and_unload`, this changes `model` in place and returns it: a plain float GPT. Ŵ is the
     dequantized weight the adapter was trained against, so the merged model computes what the QLoRA model
-    computed (up to the compute dtype's rounding); quantized layers without LoRA become float Ŵ as well. requantize=True quantizes the merged
-    weights to NF4 again (same block size and DQ) and warns with the error that adds, measured as the
+    computed (up to the compute dtype's rounding); quantized layers without LoRA become float Ŵ as well.
+    requantize=True quantizes the merged weights to NF4 again (same block size and DQ) and warns with the error that adds, measured as the
     largest |W_merged - dequant(quant(W_merged))| over all layers.
     """
     merged = model

@@ -318,7 +318,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         x = self.hidden_states(idx, kv_cache)  # (B, T, C)
         if targets is not None and self.loss_chunk_size:  # the head and the loss in one chunked op
-            return None, chunked_lm_loss(x, self.wte.weight, targets, ignore_index=-100, chunk_size=self.loss_chunk_size)
+            loss = chunked_lm_loss(x, self.wte.weight, targets, ignore_index=-100, chunk_size=self.loss_chunk_size)
+            return None, loss
         logits = F.linear(x, self.wte.weight)  # (B, T, V): the head tied to the embedding, x @ wte.weight.T
         loss = None
         if targets is not None:

@@ -37,7 +37,8 @@ DEFAULT_CHUNK = 256  # rows of logits alive at a time: 256 x 50257 float32 = 49 
 # ---------------------------------------------------------------- activation checkpointing
 class Checkpoint(Function):
     # forward:  y = fn(x), run without a graph; keep x (and the random state) only
-    # backward: recompute y = fn(x) with a graph, backpropagate ∂L/∂y through it: ∂L/∂x out, ∂L/∂θ into θ.grad
+    # backward: recompute y = fn(x) with a graph and backpropagate ∂L/∂y through it:
+    #           ∂L/∂x is returned, ∂L/∂θ goes into θ.grad
     def forward(self, x, *parameters, fn, device):
         from tinylora.engine.tensor import Tensor
 
