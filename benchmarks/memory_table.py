@@ -48,6 +48,7 @@ ROWS = {  # name -> (method, activation checkpointing, loss chunk rows)
 RANK = 8
 LR = {"full": 3e-4, "lora": 2e-3, "lora-fa": 2e-3, "qlora": 2e-3}  # the CLI's defaults
 CONFIGS = ("gpt2", "base-mini")
+DEFAULT_STEPS = {"gpt2": 3, "base-mini": 20}  # a shared 2-core machine: few steps (the first creates AdamW's state)
 TEACHING = "base-mini"
 
 
@@ -194,6 +195,10 @@ def run_row(row: str, shape, steps: int, seed: int) -> dict:
 
 # ---------------------------------------------------------------- the table, in the parent process
 def spawn(argv: list, out: Path) -> dict:
+    """Run one measurement in a fresh process (or reuse its result if `out` exists: see --workdir)."""
+    if out.exists():
+        print(f"  reusing {out}", flush=True)
+        return json.loads(out.read_text())
     command = [sys.executable, "-m", *argv, "--out", str(out)]
     print("  $", " ".join(command[1:]), flush=True)
     done = subprocess.run(command, capture_output=True, text=True)
@@ -202,9 +207,11 @@ def spawn(argv: list, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def run_table(configs, steps: dict, threads: int, seed: int, peft: bool) -> dict:
+def run_table(configs, steps: dict, threads: int, seed: int, peft: bool, workdir=None) -> dict:
     table = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = workdir or scratch
+        os.makedirs(tmp, exist_ok=True)
         for config in configs:
             rows = []
             for row in ROWS:
@@ -224,20 +231,22 @@ def main(argv=None):
     common.add_common_args(parser, contender=False)
     parser.add_argument("--row", choices=tuple(ROWS), default=None, help="measure one row (what the table spawns)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list (default {','.join(CONFIGS)})")
-    parser.add_argument("--steps", type=int, default=None, help="steps per row (default: 3 at gpt2, 40 at base-mini)")
+    parser.add_argument("--steps", type=int, default=None, help=f"steps per row (default: {DEFAULT_STEPS})")
     parser.add_argument("--no-peft", action="store_true", help="skip the HF + PEFT row")
+    parser.add_argument("--workdir", default=None,
+                        help="keep each row's JSON here and reuse the rows already there (to resume a long run)")
     args = common.parse_args(parser, argv)
     if args.row:
         shape = get_shape(args.config)
-        result = run_row(args.row, shape, args.steps or (40 if shape.name == TEACHING else 3), args.seed)
+        result = run_row(args.row, shape, args.steps or DEFAULT_STEPS.get(shape.name, 3), args.seed)
         record = common.make_record("memory_table_row", args, MODULE, result, shape=shape.as_dict())
         common.write_result(record, args.out, f"memory_table__{shape.name}__{args.row}")
         return record
 
     configs = [c for c in args.configs.split(",") if c]
-    steps = {c: args.steps or (40 if c == TEACHING else 3) for c in configs}
+    steps = {c: args.steps or (DEFAULT_STEPS[TEACHING] if c == TEACHING else DEFAULT_STEPS["gpt2"]) for c in configs}
     load_before = os.getloadavg()[0]
-    table = run_table(configs, steps, args.threads, args.seed, peft=not args.no_peft)
+    table = run_table(configs, steps, args.threads, args.seed, peft=not args.no_peft, workdir=args.workdir)
     record = common.make_record("memory_table", args, MODULE, {"configs": table},
                                 load_average_before=load_before, load_average_after=os.getloadavg()[0])
     out = Path(args.out) if args.out else common.RESULTS_DIR / "memory_table.json"
