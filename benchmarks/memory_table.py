@@ -208,7 +208,7 @@ def spawn(argv: list, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def run_table(configs, steps: dict, threads: int, seed: int, peft: bool, workdir=None) -> dict:
+def run_table(configs, steps: dict, threads: int, seed: int, peft: bool, workdir=None, assemble=False) -> dict:
     table = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = workdir or scratch
@@ -216,9 +216,12 @@ def run_table(configs, steps: dict, threads: int, seed: int, peft: bool, workdir
         for config in configs:
             rows = []
             for row in ROWS:
+                if assemble and not (Path(tmp) / f"{config}-{row}.json").exists():
+                    print(f"  {config} {row}: not in {tmp}, left out", flush=True)
+                    continue
                 rows.append(spawn([MODULE, "--row", row, "--config", config, "--steps", str(steps[config]),
                                    "--threads", str(threads), "--seed", str(seed)], Path(tmp) / f"{config}-{row}.json"))
-            if peft and config != TEACHING:
+            if peft and config != TEACHING and not (assemble and not (Path(tmp) / f"{config}-peft.json").exists()):
                 record = spawn(["benchmarks.memory", "--config", config, "--impl", "hf", "--method", "lora", "--rank",
                                 str(RANK), "--threads", str(threads), "--steps", str(steps[config])],
                                Path(tmp) / f"{config}-peft.json")
@@ -236,6 +239,9 @@ def main(argv=None):
     parser.add_argument("--no-peft", action="store_true", help="skip the HF + PEFT row")
     parser.add_argument("--workdir", default=None,
                         help="keep each row's JSON here and reuse the rows already there (to resume a long run)")
+    parser.add_argument("--note", default=None, help="a sentence for the report (how this run was made)")
+    parser.add_argument("--assemble", action="store_true",
+                        help="with --workdir: only build the table from the rows already there (measure nothing)")
     args = common.parse_args(parser, argv)
     if args.row:
         shape = get_shape(args.config)
@@ -247,9 +253,13 @@ def main(argv=None):
     configs = [c for c in args.configs.split(",") if c]
     steps = {c: args.steps or (DEFAULT_STEPS[TEACHING] if c == TEACHING else DEFAULT_STEPS["gpt2"]) for c in configs}
     load_before = os.getloadavg()[0]
-    table = run_table(configs, steps, args.threads, args.seed, peft=not args.no_peft, workdir=args.workdir)
+    if args.assemble and not args.workdir:
+        parser.error("--assemble needs --workdir (the folder holding the rows' JSON files)")
+    table = run_table(configs, steps, args.threads, args.seed, peft=not args.no_peft, workdir=args.workdir,
+                      assemble=args.assemble)
     record = common.make_record("memory_table", args, MODULE, {"configs": table},
-                                load_average_before=load_before, load_average_after=os.getloadavg()[0])
+                                load_average_before=load_before, load_average_after=os.getloadavg()[0],
+                                note=args.note)
     out = Path(args.out) if args.out else common.RESULTS_DIR / "memory_table.json"
     common.write_result(record, str(out), "memory_table")
     from .memory_table_report import write_report

@@ -103,8 +103,8 @@ def write_report(record: dict, md_path, png_path):
     machine = record["machine"]
     lines = ["# Where the memory goes: full FT, LoRA, LoRA-FA, QLoRA, and QLoRA + checkpointing + chunked loss", "",
              f"Command: `{record['command']}`  ", f"Machine: {machine['cpu_model']}, {record['threads']} threads, "
-             f"load average {record.get('load_average_before')} before and {record.get('load_average_after')} after; "
-             f"{record['timestamp']}.", "",
+             f"load average {record.get('load_average_before', 0):.1f} before and {record.get('load_average_after', 0):.1f} "
+             f"after; {record['timestamp']}.", ""] + ([record["note"], ""] if record.get("note") else []) + [
              "Sizes in MiB. weights (RSS): resident memory the built model added; step peak: VmHWM above the loaded "
              "model over the steps; tagged: tinylora's accounting at its own peak (weights include LoRA's A and B); "
              "analytic min: benchmarks/analytic.py, weights + the smallest possible step peak; ratio: peak above "
