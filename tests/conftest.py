@@ -8,6 +8,11 @@ Reference libraries (torch, transformers, peft, tokenizers) are optional for a
 student: tests that need one call `require("torch")`, which skips when it is
 missing, unless TINYLORA_REQUIRE_REF=1 (set by .ci/run), where a missing
 library is a failure, so a broken install can never pass as green.
+
+Test helpers live beside this file: `gradcheck.py` (central differences with a
+random upstream gradient) and `strategies.py` (the hypothesis strategies several
+files share). Tests slower than ~3 s are marked `slow`; the README's fast command
+(`python -m pytest -q -m "not slow"`) skips them, CI runs everything.
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ def require(module_name: str):
         if os.environ.get("TINYLORA_REQUIRE_REF") == "1":
             pytest.fail(f"reference library '{module_name}' is required (TINYLORA_REQUIRE_REF=1) but missing: {err}")
         pytest.skip(f"reference library '{module_name}' is not installed")
+
+
+def pytest_configure(config):
+    """Register the course's task markers (a1_task1, ...): `pytest -m a1_task2` runs one task's tests."""
+    from tinylora.course import ASSIGNMENTS
+
+    for assignment in ASSIGNMENTS:
+        for task in assignment.tasks:
+            config.addinivalue_line("markers", f"{assignment.marker(task)}: {assignment.message(task)}")
 
 
 @pytest.fixture(autouse=True)
