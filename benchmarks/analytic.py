@@ -52,6 +52,18 @@ not counted, so this is a lower bound every engine pays at least):
 
 The headline metric measures memory above the loaded model, so weights are reported but not added.
 Run `python -m benchmarks.analytic --config gpt2 --rank 8` to print the model for one shape.
+
+Training-efficiency variants (issue 12; `memory_model(shape, method, rank, checkpoint=..., chunk=...)`):
+
+- "lora-fa" (A frozen): no block keeps ln_1's output h1 (it fed only dA_q, dA_v); the trainable, gradient
+  and AdamW counts are B's alone, L·2·C·r.
+- "qlora": LoRA's activations (the NF4 matmul keeps its 4-bit weight, not its input); weights are
+  4-bit codes plus double-quantized constants for the six block Linears (ceil(n/2) + ceil(n/64) +
+  4·ceil(n/64/256) + 4 bytes for n values) and float32 for embeddings, biases, LayerNorms and A, B.
+- checkpoint=True: each block keeps only its input (N, C) until backward; block i's backward first
+  recomputes it, so that moment holds the inputs of blocks 0..i plus block i's own saved tensors.
+- chunk=K: the head and the loss keep ln_f's output h (N, C) instead of the probabilities (N, V); the
+  transient logits are (K, V), not (N, V).
 """
 
 from __future__ import annotations
@@ -78,6 +90,9 @@ def _row(name, shape, itemsize=F32) -> Row:
     return Row(name, tuple(shape), n * itemsize)
 
 
+METHODS = ("full", "lora", "lora-fa", "qlora")
+
+
 def block_saved(shape, method: str, rank: int = 8, first_block: bool = False) -> list[Row]:
     """What one transformer block must save for backward (the first table of the module docstring)."""
     N, C, H, T, B = shape.tokens, shape.n_embd, shape.n_head, shape.seq, shape.batch
@@ -86,7 +101,8 @@ def block_saved(shape, method: str, rank: int = 8, first_block: bool = False) ->
     rows = []
     if input_needs_grad:
         rows += [_row("ln_1 x^", (N, C)), _row("ln_1 1/s", (N, 1))]
-    rows.append(_row("ln_1 output h1", (N, C)))
+    if method != "lora-fa":  # LoRA-FA: A is frozen, so nothing needs h1 (dB needs h1 A^T only)
+        rows.append(_row("ln_1 output h1", (N, C)))
     if not full:
         rows += [_row("q adapter h1 A^T", (N, rank)), _row("v adapter h1 A^T", (N, rank))]
     if input_needs_grad:  # dk = dS^T q is needed only when k needs a gradient
@@ -103,17 +119,36 @@ def block_saved(shape, method: str, rank: int = 8, first_block: bool = False) ->
     return rows
 
 
-def head_saved(shape, method: str) -> list[Row]:
+def head_saved(shape, method: str, chunk: int | None = None) -> list[Row]:
     """What the embedding, final LayerNorm, tied LM head and cross-entropy save (above the blocks)."""
     N, C, V = shape.tokens, shape.n_embd, shape.vocab_size
     full = method == "full"
     rows = [_row("token ids", (N,), INT64), _row("position ids", (shape.seq,), INT64)] if full else []
     # (no causal mask: a masked position's softmax output is 0, so backward needs only the output)
     rows += [_row("ln_f x^", (N, C)), _row("ln_f 1/s", (N, 1))]
-    if full:
+    if full or chunk:  # full FT: for dW of the head; chunked loss: to recompute the logits in backward
         rows.append(_row("ln_f output", (N, C)))
-    rows += [_row("probabilities", (N, V)), _row("targets", (N,), INT64), _row("kept-target mask", (N,), BOOL)]
+    if not chunk:
+        rows.append(_row("probabilities", (N, V)))
+    rows += [_row("targets", (N,), INT64), _row("kept-target mask", (N,), BOOL)]
     return rows
+
+
+def nf4_bytes(n: int, block: int = 64, dq_block: int = 256) -> int:
+    """Bytes of n weights in NF4 with double quantization: codes, int8 constants, group scales, the mean."""
+    blocks = -(-n // block)
+    return -(-n // 2) + blocks + 4 * -(-blocks // dq_block) + 4
+
+
+def weight_bytes(shape, method: str, rank: int = 8) -> int:
+    """Bytes of every weight the model stores (the block Linears in NF4 + DQ under QLoRA, float32 otherwise)."""
+    counts = parameter_counts(shape, method, rank)
+    if method != "qlora":
+        return counts["total"] * F32
+    C, L = shape.n_embd, shape.n_layer
+    matrices = [C * C] * 4 + [4 * C * C] * 2  # q, k, v, o, fc, proj
+    quantized = L * sum(nf4_bytes(n) for n in matrices)
+    return quantized + (counts["total"] - L * sum(matrices)) * F32
 
 
 def parameter_counts(shape, method: str, rank: int = 8) -> dict:
@@ -122,19 +157,21 @@ def parameter_counts(shape, method: str, rank: int = 8) -> dict:
     per_block = 12 * C * C + 13 * C  # q, k, v, o: 4(C^2 + C); fc: 4C^2 + 4C; proj: 4C^2 + C; two LayerNorms: 4C
     head = V * C + shape.block_size * C + 2 * C  # wte (tied LM head), wpe, ln_f
     lora_per_block = 2 * rank * (C + C)  # q and v: r (d + k) each, d = k = C
-    total = L * per_block + head + (L * lora_per_block if method == "lora" else 0)
+    total = L * per_block + head + (L * lora_per_block if method != "full" else 0)
     if method == "full":
         return {"total": total, "trainable": total, "trainable_per_block": per_block, "trainable_head": head}
-    return {"total": total, "trainable": L * lora_per_block, "trainable_per_block": lora_per_block, "trainable_head": 0}
+    trained = 2 * rank * C if method == "lora-fa" else lora_per_block  # LoRA-FA: B (d x r) of q and v only
+    return {"total": total, "trainable": L * trained, "trainable_per_block": trained, "trainable_head": 0}
 
 
-def memory_model(shape, method: str, rank: int = 8) -> dict:
+def memory_model(shape, method: str, rank: int = 8, checkpoint: bool = False, chunk: int | None = None) -> dict:
     """The analytic minimum of one training step (see the module docstring), all sizes in bytes."""
-    if method not in ("full", "lora"):
-        raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     L, N, C, V = shape.n_layer, shape.tokens, shape.n_embd, shape.vocab_size
     blocks = [sum(r.nbytes for r in block_saved(shape, method, rank, first_block=(i == 0))) for i in range(L)]
-    head_rows = head_saved(shape, method)
+    kept = [N * C * F32] * L if checkpoint else blocks  # what each block keeps between forward and backward
+    head_rows = head_saved(shape, method, chunk)
     head = sum(r.nbytes for r in head_rows)
     # what stays saved below the blocks once the head's backward has run: the token ids
     bottom = sum(r.nbytes for r in head_rows if r.name in ("token ids", "position ids"))
@@ -142,26 +179,30 @@ def memory_model(shape, method: str, rank: int = 8) -> dict:
     grads_head = counts["trainable_head"] * F32
     grads_block = counts["trainable_per_block"] * F32
     optimizer = 2 * counts["trainable"] * F32  # AdamW m and v
-    saved = sum(blocks) + head
-    logits = N * V * F32
+    saved = sum(kept) + head
+    logits = (min(chunk, N) if chunk else N) * V * F32
     dx = N * C * F32
 
     moments = {
         "forward end": saved + logits,
-        "head backward": saved + dx + grads_head,
+        "head backward": saved + dx + grads_head + (logits if chunk else 0),  # chunked: one (K, V) dz at a time
     }
     for i in reversed(range(L)):
-        moments[f"block {i} backward"] = bottom + sum(blocks[: i + 1]) + grads_head + (L - 1 - i) * grads_block + dx
+        recomputed = blocks[i] if checkpoint else 0  # block i's own saved tensors, rebuilt for its backward
+        moments[f"block {i} backward"] = (bottom + sum(kept[: i + 1]) + recomputed + grads_head
+                                          + (L - 1 - i) * grads_block + dx)
     moments["backward end"] = counts["trainable"] * F32
     at, activity = max(moments.items(), key=lambda kv: kv[1])
     return {
         "method": method,
-        "rank": rank if method == "lora" else None,
-        "weights": counts["total"] * F32,
+        "rank": rank if method != "full" else None,
+        "checkpoint": checkpoint,
+        "chunk": chunk,
+        "weights": weight_bytes(shape, method, rank),
         "gradients": counts["trainable"] * F32,
         "optimizer": optimizer,
         "saved_activations": saved,
-        "saved_per_block": blocks,
+        "saved_per_block": kept,
         "saved_head": head,
         "logits_transient": logits,
         "peak_above_weights": optimizer + activity,

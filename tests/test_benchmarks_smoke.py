@@ -203,4 +203,4 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(SystemExit):
         memory.main([*TINY, "--rank", "0"])
     with pytest.raises(ValueError, match="method must be"):
-        analytic.memory_model(get_shape("tiny"), "qlora")
+        analytic.memory_model(get_shape("tiny"), "bitfit")

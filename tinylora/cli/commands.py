@@ -2,7 +2,7 @@
 
     tinylora demo                                   the whole LoRA story in under 3 minutes
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
-    tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
+    tinylora finetune --base MODEL --data FILE      full fine-tuning, LoRA or LoRA-FA (--method), QLoRA (--quantize)
     tinylora generate --model MODEL [--adapter A]   sample text
     tinylora merge --base MODEL --adapter A --out M W = W0 + (α/r) B A, saved as a plain model
     tinylora info --model MODEL [--rank r]          parameter counts
@@ -103,6 +103,41 @@ def _load_any_adapter(model, path, force: bool = False):
     return load_adapter(model, path, force=force)
 
 
+def _add_memory_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory (QLoRA and memory levers; all off by default)")
+    g.add_argument("--quantize", choices=("nf4",), default=None,
+                   help="store the frozen block Linears in 4-bit NF4 (QLoRA; needs --method lora or lora-fa)")
+    g.add_argument("--double-quant", action="store_true", help="also quantize NF4's constants to 8 bits (QLoRA's DQ)")
+    g.add_argument("--quant-block-size", type=int, default=64, help="NF4 block size (default 64)")
+    g.add_argument("--compute-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                   help="dtype of the quantized matmuls (default bfloat16, via ml_dtypes)")
+    g.add_argument("--paged-optimizer", action="store_true",
+                   help="QLoRA's paged optimizer state (a GPU feature; refused here, see the error)")
+    g.add_argument("--checkpoint-activations", action="store_true", help="recompute each block in backward")
+    g.add_argument("--chunked-loss", type=int, nargs="?", const=256, default=None, metavar="ROWS",
+                   help="fused LM head + loss in chunks of ROWS positions (default 256): no (B, T, V) logits")
+
+
+def _apply_memory_flags(args, model) -> None:
+    """--quantize, --double-quant, --paged-optimizer, --checkpoint-activations, --chunked-loss, checked together."""
+    from tinylora.methods.qlora import check_paged_optimizer, quantize_model
+
+    if args.double_quant and not args.quantize:
+        raise ValueError("--double-quant quantizes NF4's constants: it needs --quantize nf4")
+    if args.quantize and args.method == "full":
+        raise ValueError("--quantize nf4 freezes the base weights in 4 bits, so they cannot be fine-tuned fully: "
+                         "use --method lora or --method lora-fa")
+    if args.paged_optimizer:
+        check_paged_optimizer(model.wte.weight.device.name)
+    if args.quantize:
+        try:
+            quantize_model(model, args.quantize, double_quant=args.double_quant, block_size=args.quant_block_size,
+                           compute_dtype=args.compute_dtype)
+        except ImportError as err:  # bfloat16 without ml_dtypes: reported in one line like every other error
+            raise RuntimeError(str(err)) from None
+    model.enable_memory_levers(checkpoint_activations=args.checkpoint_activations, loss_chunk_size=args.chunked_loss)
+
+
 def _train_config(args):
     from tinylora.train.loop import TrainConfig
 
@@ -143,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref).")
     p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
     p.add_argument("--data", required=True, help="text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
-    p.add_argument("--method", choices=("lora", "full", "rslora", "loraplus", "dora", "pissa", "olora", "adalora",
-                                        "glora"), default="lora",
-                   help="lora (default), full, or a LoRA-family method from tinylora.methods")
+    p.add_argument("--method", choices=("lora", "lora-fa", "full", "rslora", "loraplus", "dora", "pissa", "olora",
+                                        "adalora", "glora"), default="lora",
+                   help="lora (default), lora-fa (A frozen, only B trains), full, or a LoRA-family method "
+                        "from tinylora.methods")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4; AdaLoRA: the initial rank)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, scaling 1)")
     p.add_argument("--targets", type=_targets, default=("q", "v"), help="comma list of q,k,v,o,fc,proj (default q,v)")
@@ -153,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--val-fraction", type=float, default=0.1)
     _add_method_flags(p)
+    _add_memory_flags(p)
     p.add_argument("--out", default="runs/finetune", help="run folder (default runs/finetune)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's latest checkpoint (with the same training flags)")
@@ -263,6 +300,7 @@ def _no_dropout(model) -> None:
 def cmd_finetune(args) -> None:
     from tinylora import manual_seed
     from tinylora.lora import apply_lora, parameter_report, save_adapter
+    from tinylora.methods.lora_fa import apply_lora_fa
     from tinylora.model.load import load_model, save_model
     from tinylora.train.loop import train
 
@@ -272,11 +310,15 @@ def cmd_finetune(args) -> None:
     train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size, args.val_fraction,
                                              args.seed)
     if args.lr is None:
-        args.lr = 2e-3 if args.method == "lora" else 3e-4
-    hooks, family = {}, args.method not in ("lora", "full")
-    if args.method == "lora":
-        apply_lora(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
-                   dropout=args.lora_dropout)
+        args.lr = 3e-4 if args.method == "full" else 2e-3
+    hooks, family = {}, args.method not in ("lora", "lora-fa", "full")
+    if args.quantize and family:
+        raise ValueError(f"--quantize nf4 works with --method lora or lora-fa, not {args.method}")
+    _apply_memory_flags(args, model)
+    if args.method in ("lora", "lora-fa"):
+        adapt = apply_lora_fa if args.method == "lora-fa" else apply_lora
+        adapt(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
+              dropout=args.lora_dropout)
     elif family:
         from tinylora.methods.choose import apply_method, save_method_adapter, training_hooks
 
@@ -291,9 +333,11 @@ def cmd_finetune(args) -> None:
     if allocator is not None:
         ranks = allocator.rank_allocation()
         print("adalora rank per layer: " + ", ".join(f"{n} {r}" for n, r in ranks.items()))
-    if args.method == "lora":
+    if args.method in ("lora", "lora-fa"):
         save_adapter(model, os.path.join(args.out, "adapter"))
         written = os.path.join(args.out, "adapter")
+        if args.quantize:
+            written += " (A, B trained against the NF4 base: merge with tinylora.methods.qlora.merge_qlora)"
     elif family:
         save_method_adapter(model, os.path.join(args.out, "adapter"), args.method, settings)
         written = os.path.join(args.out, "adapter")

@@ -64,8 +64,10 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0, init: str = "kaiming"):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        quantized = getattr(base, "is_quantized", False)  # a frozen 4-bit base (tinylora.quant.NF4Linear)
+        if not isinstance(base, nn.Linear) and not quantized:
+            raise TypeError(f"LoRALinear wraps an nn.Linear (or a quantized one such as NF4Linear), "
+                            f"got {type(base).__name__}")
         d, k = base.out_features, base.in_features
         if not isinstance(r, numbers.Integral) or isinstance(r, bool):
             raise TypeError(f"LoRALinear: rank r must be an int, got {r!r}")
@@ -84,13 +86,14 @@ class LoRALinear(nn.Module):
             raise ValueError(f"LoRALinear: dropout must be in [0, 1), got {dropout!r}")
 
         self.base = base
-        base.weight.requires_grad_(False)  # W0 is frozen: no gradient, no optimizer state
+        if not quantized:
+            base.weight.requires_grad_(False)  # W0 is frozen: no gradient, no optimizer state
         self.r, self.alpha = int(r), alpha
         self.scaling = alpha / r  # a Python float: keeps float32 math in float32
         self.init = init
         self.lora_dropout = nn.Dropout(dropout)
-        # A, B live where W0 lives, with its dtype
-        device, dtype = base.weight.device, base.weight.dtype
+        # A, B live where W0 lives, with its dtype (a quantized W0: the dtype it had before quantization)
+        device, dtype = (base.device, base.lora_dtype) if quantized else (base.weight.device, base.weight.dtype)
         self.lora_A = nn.Parameter(zeros(r, k, device=device, dtype=dtype))  # (r, k)
         self.lora_B = nn.Parameter(zeros(d, r, device=device, dtype=dtype))  # (d, r), zero: ΔW = 0 at init
         self.merged = False  # is ΔW currently added into base.weight?
@@ -152,6 +155,9 @@ class LoRALinear(nn.Module):
         """
         if not self.enabled:
             raise RuntimeError("LoRALinear: cannot merge a disabled adapter; call enable() first")
+        if getattr(self.base, "is_quantized", False):
+            raise RuntimeError("LoRALinear: the base weight is quantized; merge into a dequantized copy with "
+                               "tinylora.methods.qlora.merge_qlora(model)")
         if self.merged:
             return self
         if not safe:

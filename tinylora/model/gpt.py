@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from tinylora import functional as F
 from tinylora import nn
 from tinylora.nn import init
+from tinylora.engine.autograd import is_grad_enabled
 from tinylora.engine.tensor import Tensor
+from tinylora.model.memory_levers import checkpoint, chunked_lm_loss
 
 
 def _is_real(value) -> bool:
@@ -278,6 +280,7 @@ class GPT(nn.Module):
         targets  int (B, T) or None; entries equal to -100 are ignored by the loss
         adapter_ids  None, or one LoRA adapter name per example ("base": none), see tinylora/lora/mixed.py
         logits   (B, T, V);  loss = mean cross-entropy over kept targets, or None
+                 (None when `enable_memory_levers(loss_chunk_size=...)` is on and targets are given)
 
     Init (GPT-2's): every Linear and Embedding weight ~ N(0, 0.02^2), except the
     two projections that write into the residual stream (attn.o, mlp.proj),
@@ -296,6 +299,9 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.rate("embd"))
         self.blocks = nn.ModuleList(Block(config, i, device=device, dtype=dtype) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(c, eps=config.layer_norm_eps, device=device, dtype=dtype)
+        # memory levers (model/memory_levers.py), off by default: set them through enable_memory_levers
+        self.checkpoint_activations = False  # recompute each block in backward instead of keeping its activations
+        self.loss_chunk_size = None  # with targets: a chunked LM head + loss that never holds (B, T, V) logits
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -338,8 +344,29 @@ class GPT(nn.Module):
         pos = xp.arange(past, past + t)  # (T,): positions continue after what the cache holds
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C)
         for block in self.blocks:
-            x = block(x, kv_cache)  # (B, T, C)
+            if kv_cache is None and self._checkpoint_now(block):
+                x = checkpoint(block, x, block.parameters())  # keeps x only; block recomputed in backward
+            else:
+                x = block(x, kv_cache)  # (B, T, C)
         return self.ln_f(x)
+
+    def _checkpoint_now(self, block) -> bool:
+        """Checkpoint this block? Only when enabled, training with a graph, and some parameter of it trains."""
+        return (self.checkpoint_activations and is_grad_enabled()
+                and any(p.requires_grad for p in block.parameters()))
+
+    def enable_memory_levers(self, checkpoint_activations: bool = False, loss_chunk_size: int | None = None):
+        """Switch the memory levers on or off (see tinylora.model.memory_levers). Returns the model.
+
+        checkpoint_activations: recompute every block in backward (saves activations, costs a forward).
+        loss_chunk_size:        rows per chunk of a fused LM head + cross-entropy used when targets are given;
+                                forward then returns (None, loss): the (B, T, V) logits are never formed.
+        """
+        if loss_chunk_size is not None and (not isinstance(loss_chunk_size, int) or loss_chunk_size < 1):
+            raise ValueError(f"GPT: loss_chunk_size must be a positive int or None, got {loss_chunk_size!r}")
+        self.checkpoint_activations = bool(checkpoint_activations)
+        self.loss_chunk_size = loss_chunk_size
+        return self
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, adapter_ids=None):
         if adapter_ids is not None:  # one LoRA adapter per example (tinylora/lora/mixed.py)
@@ -348,6 +375,9 @@ class GPT(nn.Module):
             with mixed_adapters(self, adapter_ids):
                 return self.forward(idx, targets, kv_cache)
         x = self.hidden_states(idx, kv_cache)  # (B, T, C)
+        if targets is not None and self.loss_chunk_size:  # the head and the loss in one chunked op
+            loss = chunked_lm_loss(x, self.wte.weight, targets, ignore_index=-100, chunk_size=self.loss_chunk_size)
+            return None, loss
         logits = F.linear(x, self.wte.weight)  # (B, T, V): the head tied to the embedding, x @ wte.weight.T
         loss = None
         if targets is not None:
