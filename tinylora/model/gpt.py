@@ -213,10 +213,20 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx, device=device, dtype=dtype)
         self.ln_2 = nn.LayerNorm(c, eps=eps, device=device, dtype=dtype)
         self.mlp = MLP(config, device=device, dtype=dtype)
+        # optional slots for modules that rewrite a branch's output before its residual add,
+        # (B, T, C) -> (B, T, C); None: nothing (adapters use them: tinylora/methods/adapters.py)
+        self.after_attn = None
+        self.after_mlp = None
 
     def forward(self, x, kv_cache: KVCache | None = None):
-        x = x + self.attn(self.ln_1(x), kv_cache)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))
+        h = self.attn(self.ln_1(x), kv_cache)  # (B, T, C)
+        if self.after_attn is not None:
+            h = self.after_attn(h)
+        x = x + h
+        h = self.mlp(self.ln_2(x))  # (B, T, C)
+        if self.after_mlp is not None:
+            h = self.after_mlp(h)
+        return x + h
 
 
 # ---------------------------------------------------------------- model
@@ -245,6 +255,9 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i, device=device, dtype=dtype) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(c, eps=config.layer_norm_eps, device=device, dtype=dtype)
+        # optional module for token ids >= vocab_size ("virtual tokens" of prefix tuning,
+        # tinylora/methods/prefix.py): it embeds them and may rewrite their hidden state before each block
+        self.virtual_tokens = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -283,8 +296,12 @@ class GPT(nn.Module):
         b, t = idx.shape
         xp = self.wpe.weight.device.xp
         pos = xp.arange(past, past + t)  # (T,): positions continue after what the cache holds
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C)
-        for block in self.blocks:
+        virtual = self.virtual_tokens
+        tok = self.wte(idx) if virtual is None else virtual.embed(idx, self.wte)  # (B, T, C)
+        x = self.drop(tok + self.wpe(pos))  # (B, T, C) + (T, C)
+        for i, block in enumerate(self.blocks):
+            if virtual is not None:
+                x = virtual.before_block(i, idx, x)  # (B, T, C)
             x = block(x, kv_cache)  # (B, T, C)
         return self.ln_f(x)
 
