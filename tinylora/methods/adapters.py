@@ -5,7 +5,7 @@ One adapter, for a branch output h (B, T, d), with bottleneck r:
     Adapter(h) = h + W_up f(W_down z) + b_up,    z = h (Adapter^H)  or  z = LN(h) (Adapter^L)
                  W_down ∈ R^{r×d}, b_down ∈ R^r    Linear(d, r)  `down`, default Linear init
                  W_up   ∈ R^{d×r}, b_up   ∈ R^d    Linear(r, d)  `up`, zero at init, so Adapter(h) = h
-                 f = ReLU
+                 f = GELU (the model's own nonlinearity)
 
 Where they sit (tinylora/model/gpt.py's Block slots, after the branch's dropout, before its residual add):
 
@@ -25,7 +25,9 @@ W_up), so every token pays for it at inference; with batch 1 and short sequences
 and their serial dependence show as +20-30% latency on a GPU.
 
 Reference: microsoft/LoRA examples/NLU adapter.py (Linear(d, r), activation, Linear(r, d), + residual;
-swish for Houlsby, ReLU for Pfeiffer/Lin); we use ReLU for both. `tinylora.methods.trainable` freezes
+swish for Houlsby, ReLU for Pfeiffer/Lin). We use GELU for both: smooth like swish, and unlike ReLU it
+cannot start dead (a branch output h is small at init, so W_down h + b_down ≈ b_down, and a unit whose
+bias starts negative would never get a gradient under ReLU). `tinylora.methods.trainable` freezes
 everything else.
 
     apply_adapter_h(model, r=8)      two adapters per block
@@ -40,7 +42,7 @@ from tinylora.methods.trainable import check_int, check_layers, check_plain, tra
 
 
 class Adapter(nn.Module):
-    """h -> h + up(relu(down(z))), z = ln(h) if `layer_norm` else h;  (..., d) -> (..., d). Identity at init."""
+    """h -> h + up(gelu(down(z))), z = ln(h) if `layer_norm` else h;  (..., d) -> (..., d). Identity at init."""
 
     def __init__(self, d: int, r: int, layer_norm: bool = False, device=None, dtype=None):
         super().__init__()
@@ -52,7 +54,7 @@ class Adapter(nn.Module):
 
     def forward(self, h):
         z = self.ln(h) if self.ln is not None else h  # (..., d)
-        return h + self.up(F.relu(self.down(z)))  # (..., d) -> (..., r) -> (..., d)
+        return h + self.up(F.gelu(self.down(z)))  # (..., d) -> (..., r) -> (..., d)
 
 
 def _apply(model, r: int, layers, method: str, slots: tuple, layer_norm: bool):

@@ -168,8 +168,9 @@ def _attach(model, prefix_len, infix_len, per_layer, method):
     _check_lengths(model, prefix_len, infix_len, method)
     weight = model.wte.weight
     virtual = VirtualTokens(model.config, prefix_len, infix_len, per_layer, device=weight.device, dtype=weight.dtype)
-    real_ids = host_rng().integers(0, model.config.vocab_size, size=virtual.n_tokens)  # (n,) random real tokens
-    virtual.weight.data[...] = _hidden_states_of(model, real_ids) if per_layer else weight.data[real_ids]
+    if virtual.n_tokens:
+        real_ids = host_rng().integers(0, model.config.vocab_size, size=virtual.n_tokens)  # (n,) random real tokens
+        virtual.weight.data[...] = _hidden_states_of(model, real_ids) if per_layer else weight.data[real_ids]
     model.virtual_tokens = virtual
     return train_only(model, [virtual.weight], method, {"prefix_len": prefix_len, "infix_len": infix_len})
 
@@ -211,3 +212,8 @@ def max_new_tokens_for(model, n_fed: int, wanted: int) -> int:
     if getattr(model, "virtual_tokens", None) is None:
         return wanted
     return max(0, min(wanted, model.config.block_size - n_fed))
+
+
+def prefix_count(d: int, prefix_len: int, infix_len: int, n_layer: int | None = None) -> int:
+    """The paper's |Θ|: d · (l_p + l_i) for PreEmbed, L · d · (l_p + l_i) for PreLayer (n_layer = L)."""
+    return (n_layer or 1) * d * (prefix_len + infix_len)
