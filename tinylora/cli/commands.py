@@ -2,9 +2,10 @@
 
     tinylora demo                                   the whole LoRA story in under 3 minutes
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
-    tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
+    tinylora finetune --base MODEL --data FILE      LoRA, full fine-tuning or a paper baseline (--method)
     tinylora generate --model MODEL [--adapter A]   sample text
     tinylora merge --base MODEL --adapter A --out M W = W0 + BA, saved as a plain model
+    tinylora evaluate --model MODEL --data FILE     BLEU and ROUGE-L of greedy completions, as JSON
     tinylora info --model MODEL [--rank r]          parameter counts
 
 Every subcommand has --help. A bad argument or file is reported in one line
@@ -17,6 +18,13 @@ import argparse
 import os
 import shlex
 import sys
+
+
+METHODS = ("lora", "full", "top2", "bitfit", "prefix-embed", "prefix-layer", "adapter-h", "adapter-l")
+DEFAULT_LR = {  # peak learning rates when --lr is not given (a short sweep on base-mini and the E2E-style task)
+    "lora": 2e-3, "full": 3e-4, "top2": 1e-3, "bitfit": 1e-2, "prefix-embed": 1e-2, "prefix-layer": 3e-3,
+    "adapter-h": 2e-3, "adapter-l": 2e-3,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +49,7 @@ def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: i
     g.add_argument("--max-steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
     g.add_argument("--batch-size", type=int, default=batch, help=f"sequences per step (default {batch})")
     g.add_argument("--lr", type=float, default=lr,
-                   help=f"peak learning rate (default {lr if lr is not None else '2e-3 for lora, 3e-4 for full'})")
+                   help=f"peak learning rate (default {lr if lr is not None else 'per method, e.g. 2e-3 for lora'})")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
     g.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
@@ -94,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref).")
     p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
     p.add_argument("--data", required=True, help="text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
-    p.add_argument("--method", choices=("lora", "full"), default="lora")
+    p.add_argument("--method", choices=METHODS, default="lora",
+                   help="lora (default), full, or a LoRA-paper baseline: top2 (last two blocks), bitfit (biases), "
+                        "prefix-embed / prefix-layer (virtual tokens), adapter-h / adapter-l (bottleneck adapters)")
+    p.add_argument("--prefix-len", type=int, default=8, help="prefix-*: l_p virtual tokens before the prompt (default 8)")
+    p.add_argument("--infix-len", type=int, default=0, help="prefix-*: l_i virtual tokens after the prompt (default 0)")
+    p.add_argument("--adapter-dim", type=int, default=8, help="adapter-*: bottleneck r (default 8)")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, scaling 1)")
     p.add_argument("--targets", type=_targets, default=("q", "v"), help="comma list of q,k,v,o,fc,proj (default q,v)")
@@ -108,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text from a model (and an adapter)")
     p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
-    p.add_argument("--adapter", default=None, help="adapter folder written by finetune --method lora")
+    p.add_argument("--adapter", default=None,
+                   help="adapter folder written by finetune (LoRA's adapter/ or a baseline's method/)")
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -121,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="base-mini")
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
+
+    p = sub.add_parser("evaluate", help="BLEU and ROUGE-L of greedy completions of held-out prompts",
+                       description="Greedy generation for every prompt of a file of prompts with references "
+                                   "(E2E CSV mr,ref or JSONL prompt,completion; repeated prompts pool their "
+                                   "references), scored with sacrebleu (BLEU) and rouge-score (ROUGE-L). "
+                                   "Needs: pip install 'tinylora[metrics]'.")
+    p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
+    p.add_argument("--adapter", default=None, help="LoRA adapter or baseline method folder (optional)")
+    p.add_argument("--data", required=True, help=".csv (mr,ref) or .jsonl (prompt,completion)")
+    p.add_argument("--max-prompts", type=int, default=None, help="score only the first N distinct prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--out", default=None, help="JSON file for the scores and completions (default: print only)")
+    p.add_argument("--device", default=None)
 
     p = sub.add_parser("info", help="parameter counts, with or without LoRA")
     p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
@@ -196,61 +223,131 @@ def _no_dropout(model) -> None:
             module.p = 0.0
 
 
+def apply_method(model, args) -> None:
+    """Put `args.method` on `model` (and freeze the rest), with its own flags."""
+    from tinylora import methods
+    from tinylora.lora import apply_lora
+
+    if args.method == "lora":
+        apply_lora(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
+                   dropout=args.lora_dropout)
+    elif args.method == "full":
+        methods.apply_full_ft(model)
+    elif args.method == "top2":
+        methods.apply_top_layers(model, n=2)
+    elif args.method == "bitfit":
+        methods.apply_bitfit(model)
+    elif args.method == "prefix-embed":
+        methods.apply_prefix_embed(model, prefix_len=args.prefix_len, infix_len=args.infix_len)
+    elif args.method == "prefix-layer":
+        methods.apply_prefix_layer(model, prefix_len=args.prefix_len, infix_len=args.infix_len)
+    elif args.method == "adapter-h":
+        methods.apply_adapter_h(model, r=args.adapter_dim, layers=args.layers)
+    elif args.method == "adapter-l":
+        methods.apply_adapter_l(model, r=args.adapter_dim, layers=args.layers)
+
+
 def cmd_finetune(args) -> None:
     from tinylora import manual_seed
-    from tinylora.lora import apply_lora, parameter_report, save_adapter
+    from tinylora.lora import parameter_report, save_adapter
+    from tinylora.methods import VirtualTokenData, save_method
     from tinylora.model.load import load_model, save_model
     from tinylora.train.loop import train
 
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base, device=args.device)
     _no_dropout(model)
-    train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size, args.val_fraction,
-                                             args.seed)
     if args.lr is None:
-        args.lr = 2e-3 if args.method == "lora" else 3e-4
-    if args.method == "lora":
-        apply_lora(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
-                   dropout=args.lora_dropout)
-    print(parameter_report(model)["text"].splitlines()[-1])
+        args.lr = DEFAULT_LR[args.method]
+    apply_method(model, args)
+    virtual = model.virtual_tokens  # prefix tuning's special tokens take positions of every sequence
+    n_virtual = virtual.n_tokens if virtual is not None else 0
+    train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size - n_virtual,
+                                             args.val_fraction, args.seed)
+    if virtual is not None:
+        train_set = VirtualTokenData(train_set, virtual)
+        val_set = VirtualTokenData(val_set, virtual) if val_set is not None else None
+    print(f"{args.method}: " + parameter_report(model)["text"].splitlines()[-1])
     result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume)
     if args.method == "lora":
-        save_adapter(model, os.path.join(args.out, "adapter"))
         written = os.path.join(args.out, "adapter")
-    else:
-        save_model(model, os.path.join(args.out, "model"), tokenizer)
+        save_adapter(model, written)
+    elif args.method == "full":
         written = os.path.join(args.out, "model")
+        save_model(model, written, tokenizer)
+    else:
+        written = os.path.join(args.out, "method")
+        save_method(model, written)
     before = f"{result.val_loss_before:.4f} -> " if result.val_loss_before is not None else ""
     print(f"validation loss {before}{result.val_loss_after:.4f}; median step {result.median_step_time:.3f} s; "
           f"wrote {written}, {os.path.join(args.out, 'loss.png')}")
 
 
-def cmd_generate(args) -> None:
-    from tinylora import manual_seed, tensor
-    from tinylora.model.generate import generate
+def load_with_adapter(model_path, adapter, device=None):
+    """(model, tokenizer): a model folder plus, optionally, a LoRA adapter or a baseline's method folder."""
     from tinylora.lora import load_adapter
+    from tinylora.methods import load_method
+    from tinylora.methods.method_io import CONFIG_FILE
     from tinylora.model.load import load_model
 
+    model, tokenizer = load_model(model_path, device=device)
+    if adapter and os.path.exists(os.path.join(adapter, CONFIG_FILE)):
+        load_method(model, adapter)
+    elif adapter:
+        load_adapter(model, adapter)
+    return model, tokenizer
+
+
+def cmd_generate(args) -> None:
+    from tinylora import manual_seed, tensor
+    from tinylora.methods.prefix import max_new_tokens_for, prompt_ids
+    from tinylora.model.generate import generate
+
     manual_seed(args.seed)
-    model, tokenizer = load_model(args.model, device=args.device)
-    if args.adapter:
-        load_adapter(model, args.adapter)
-        manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
-    ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
-    out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
+    model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device)
+    manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
+    prompt = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+    ids = prompt_ids(model, prompt)  # prefix + prompt + infix for prefix tuning, else the prompt
+    n_new = max_new_tokens_for(model, len(ids), args.max_new_tokens)  # a prefix must stay in the context
+    out = generate(model, tensor([ids], device=args.device), n_new,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token=tokenizer.eot_id)
-    print(tokenizer.decode(out.numpy()[0].tolist()))
+    print(tokenizer.decode(prompt + out.numpy()[0, len(ids):].tolist()))
 
 
 def cmd_merge(args) -> None:
     from tinylora.lora import load_adapter, merge_and_unload
+    from tinylora.methods import load_method
+    from tinylora.methods.method_io import CONFIG_FILE, MERGEABLE, read_method_config
     from tinylora.model.load import load_model, save_model
 
     model, tokenizer = load_model(args.base)
-    load_adapter(model, args.adapter)
-    merged = merge_and_unload(model)
+    if os.path.exists(os.path.join(args.adapter, CONFIG_FILE)):
+        method = read_method_config(args.adapter)["method"]
+        if method not in MERGEABLE:
+            raise ValueError(f"{method} cannot be merged: its {'adapters' if 'adapter' in method else 'virtual tokens'} "
+                             "add computation no weight of the base model can absorb; use generate --adapter")
+        merged = load_method(model, args.adapter)  # FT^Top2 / BitFit: the trained weights replace the base's
+        del merged.finetune_method
+    else:
+        load_adapter(model, args.adapter)
+        merged = merge_and_unload(model)
     save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(args.base), "adapter": args.adapter}})
     print(f"merged model written to {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    import json
+
+    from tinylora.data import read_pairs
+    from tinylora.io import write_json_atomic
+    from tinylora.train.generation_metrics import evaluate_generation
+
+    model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device)
+    result = evaluate_generation(model, tokenizer, read_pairs(args.data), args.max_prompts, args.max_new_tokens)
+    result.update({"model": str(args.model), "adapter": args.adapter, "data": str(args.data)})
+    if args.out:
+        write_json_atomic(args.out, result)
+    print(json.dumps({k: result[k] for k in ("bleu", "rouge_l", "prompts")}))
 
 
 def cmd_info(args) -> None:
@@ -273,7 +370,7 @@ def cmd_info(args) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
-            "merge": cmd_merge, "info": cmd_info}
+            "merge": cmd_merge, "evaluate": cmd_evaluate, "info": cmd_info}
 
 
 def main(argv=None) -> int:
