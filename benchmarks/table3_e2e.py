@@ -144,7 +144,7 @@ def run_method(name: str, train_pairs, test_pairs, args, out_dir: str) -> dict:
 
 
 def table(rows: dict) -> str:
-    lines = ["| method | trainable |Θ| | peak train memory | CPU s / step | val loss | batch-1 latency (CPU ms) "
+    lines = ["| method | trainable #Θ | peak train memory | CPU s / step | val loss | batch-1 latency (CPU ms) "
              "| file | BLEU | ROUGE-L |", "|---|---|---|---|---|---|---|---|---|"]
     base_latency = rows["full"]["latency_cpu_ms"] if "full" in rows else None  # the plain GPT's cost
     for name, r in rows.items():
