@@ -2,9 +2,11 @@
 
     tinylora demo                                   the whole LoRA story in under 3 minutes
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
-    tinylora finetune --base MODEL --data FILE      full fine-tuning, LoRA or LoRA-FA (--method), QLoRA (--quantize)
+    tinylora finetune --base MODEL --data FILE      LoRA, LoRA-FA, a LoRA-family method, full fine-tuning or a paper
+                                                    baseline (--method); QLoRA (--quantize)
     tinylora generate --model MODEL [--adapter A]   sample text
     tinylora merge --base MODEL --adapter A --out M W = W0 + (α/r) B A, saved as a plain model
+    tinylora evaluate --model MODEL --data FILE     BLEU and ROUGE-L of greedy completions, as JSON
     tinylora info --model MODEL [--rank r]          parameter counts
     tinylora analyze [--out DIR]                    the paper's rank analyses (φ, Table 7, rank sweep)
     tinylora serve --requests FILE --adapter N=DIR  batch generation, many adapters in one batch
@@ -21,6 +23,17 @@ import math
 import os
 import shlex
 import sys
+
+
+FAMILY = ("rslora", "loraplus", "dora", "pissa", "olora", "adalora", "glora")  # tinylora/methods/, by name
+METHODS = ("lora", "lora-fa", *FAMILY, "full", "top2", "bitfit", "prefix-embed", "prefix-layer", "adapter-h",
+           "adapter-l")
+# peak learning rates when --lr is not given: LoRA's and FT's defaults, and for the baselines LoRA's 2e-3 times
+# the ratio of their rate to LoRA's in the paper's GPT-3 runs (Table 12); starting points, not tuned
+DEFAULT_LR = {
+    "lora": 2e-3, "lora-fa": 2e-3, **{m: 2e-3 for m in FAMILY}, "full": 3e-4, "top2": 3e-4, "bitfit": 1.6e-2, "prefix-embed": 5e-3, "prefix-layer": 1e-3,
+    "adapter-h": 1e-3, "adapter-l": 1e-3,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,10 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref).")
     p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
     p.add_argument("--data", required=True, help="text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
-    p.add_argument("--method", choices=("lora", "lora-fa", "full", "rslora", "loraplus", "dora", "pissa", "olora",
-                                        "adalora", "glora"), default="lora",
-                   help="lora (default), lora-fa (A frozen, only B trains), full, or a LoRA-family method "
-                        "from tinylora.methods")
+    p.add_argument("--method", choices=METHODS, default="lora",
+                   help="lora (default); lora-fa (A frozen, only B trains); a LoRA-family method (rslora, loraplus, "
+                        "dora, pissa, olora, adalora, glora); full; or a LoRA-paper baseline: top2 (last two "
+                        "blocks), bitfit (biases), prefix-embed / prefix-layer (virtual tokens), adapter-h / "
+                        "adapter-l (bottleneck adapters)")
+    p.add_argument("--prefix-len", type=int, default=8, help="prefix-*: l_p virtual tokens before the prompt (default 8)")
+    p.add_argument("--infix-len", type=int, default=0, help="prefix-*: l_i virtual tokens after the prompt (default 0)")
+    p.add_argument("--adapter-dim", type=int, default=8, help="adapter-*: bottleneck r (default 8)")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4; AdaLoRA: the initial rank)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, scaling 1)")
     p.add_argument("--targets", type=_targets, default=("q", "v"), help="comma list of q,k,v,o,fc,proj (default q,v)")
@@ -215,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--force", action="store_true",
                    help="merge even into a base whose weights differ from the one the adapter was trained on")
+
+    p = sub.add_parser("evaluate", help="BLEU and ROUGE-L of greedy completions of held-out prompts",
+                       description="Greedy generation for every prompt of a file of prompts with references "
+                                   "(E2E CSV mr,ref or JSONL prompt,completion; repeated prompts pool their "
+                                   "references), scored with sacrebleu (BLEU) and rouge-score (ROUGE-L). "
+                                   "Needs: pip install 'tinylora[metrics]'.")
+    p.add_argument("--model", default=None,
+                   help="model folder or 'base-mini' (default: the base a LoRA adapter records, else base-mini)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter or baseline method folder (optional)")
+    p.add_argument("--force", action="store_true", help="use a LoRA adapter on a base whose weights differ")
+    p.add_argument("--data", required=True, help=".csv (mr,ref) or .jsonl (prompt,completion)")
+    p.add_argument("--max-prompts", type=int, default=None, help="score only the first N distinct prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--out", default=None, help="JSON file for the scores and completions (default: print only)")
+    p.add_argument("--device", default=None)
 
     p = sub.add_parser("info", help="parameter counts, with or without LoRA")
     p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
@@ -297,87 +329,169 @@ def _no_dropout(model) -> None:
             module.p = 0.0
 
 
+def apply_method(model, args) -> None:
+    """Put `args.method` (LoRA, LoRA-FA, full or a paper baseline) on `model`, freezing the rest."""
+    from tinylora import methods
+    from tinylora.lora import apply_lora
+
+    if args.method in ("lora", "lora-fa"):
+        adapt = methods.apply_lora_fa if args.method == "lora-fa" else apply_lora
+        adapt(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
+              dropout=args.lora_dropout)
+    elif args.method == "full":
+        methods.apply_full_ft(model)
+    elif args.method == "top2":
+        methods.apply_top_layers(model, n=2)
+    elif args.method == "bitfit":
+        methods.apply_bitfit(model)
+    elif args.method == "prefix-embed":
+        methods.apply_prefix_embed(model, prefix_len=args.prefix_len, infix_len=args.infix_len)
+    elif args.method == "prefix-layer":
+        methods.apply_prefix_layer(model, prefix_len=args.prefix_len, infix_len=args.infix_len)
+    elif args.method == "adapter-h":
+        methods.apply_adapter_h(model, r=args.adapter_dim, layers=args.layers)
+    elif args.method == "adapter-l":
+        methods.apply_adapter_l(model, r=args.adapter_dim, layers=args.layers)
+
+
 def cmd_finetune(args) -> None:
     from tinylora import manual_seed
-    from tinylora.lora import apply_lora, parameter_report, save_adapter
-    from tinylora.methods.lora_fa import apply_lora_fa
+    from tinylora.lora import parameter_report, save_adapter
+    from tinylora.methods import VirtualTokenData, save_method
     from tinylora.model.load import load_model, save_model
     from tinylora.train.loop import train
 
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base, device=args.device)
     _no_dropout(model)
-    train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size, args.val_fraction,
-                                             args.seed)
     if args.lr is None:
-        args.lr = 3e-4 if args.method == "full" else 2e-3
-    hooks, family = {}, args.method not in ("lora", "lora-fa", "full")
-    if args.quantize and family:
+        args.lr = DEFAULT_LR[args.method]
+    family = args.method in FAMILY
+    if args.quantize and args.method not in ("lora", "lora-fa", "full"):  # full: _apply_memory_flags says why
         raise ValueError(f"--quantize nf4 works with --method lora or lora-fa, not {args.method}")
     _apply_memory_flags(args, model)
-    if args.method in ("lora", "lora-fa"):
-        adapt = apply_lora_fa if args.method == "lora-fa" else apply_lora
-        adapt(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
-              dropout=args.lora_dropout)
-    elif family:
-        from tinylora.methods.choose import apply_method, save_method_adapter, training_hooks
+    hooks, settings = {}, None
+    if family:
+        from tinylora.methods.choose import apply_method as apply_family_method
+        from tinylora.methods.choose import save_method_adapter, training_hooks
 
         if args.method == "adalora" and args.resume:
             raise ValueError("--resume is not supported for adalora (the importance scores are not checkpointed)")
         settings = _method_settings(args)
-        apply_method(model, args.method, settings)
+        apply_family_method(model, args.method, settings)
         hooks = training_hooks(model, args.method, settings, args.lr, args.max_steps, args.weight_decay)
-    print(parameter_report(model)["text"].splitlines()[-1])
+    else:
+        apply_method(model, args)
+    virtual = model.virtual_tokens  # prefix tuning's special tokens take positions of every sequence
+    n_virtual = virtual.n_tokens if virtual is not None else 0
+    train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size - n_virtual,
+                                             args.val_fraction, args.seed)
+    if virtual is not None:
+        train_set = VirtualTokenData(train_set, virtual)
+        val_set = VirtualTokenData(val_set, virtual) if val_set is not None else None
+    print(f"{args.method}: " + parameter_report(model)["text"].splitlines()[-1])
     allocator = hooks.pop("allocator", None)
     result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume, **hooks)
     if allocator is not None:
         ranks = allocator.rank_allocation()
         print("adalora rank per layer: " + ", ".join(f"{n} {r}" for n, r in ranks.items()))
     if args.method in ("lora", "lora-fa"):
-        save_adapter(model, os.path.join(args.out, "adapter"))
         written = os.path.join(args.out, "adapter")
+        save_adapter(model, written)
         if args.quantize:
             written += " (A, B trained against the NF4 base: merge with tinylora.methods.qlora.merge_qlora)"
     elif family:
-        save_method_adapter(model, os.path.join(args.out, "adapter"), args.method, settings)
         written = os.path.join(args.out, "adapter")
-    else:
-        save_model(model, os.path.join(args.out, "model"), tokenizer)
+        save_method_adapter(model, written, args.method, settings)
+    elif args.method == "full":
         written = os.path.join(args.out, "model")
+        save_model(model, written, tokenizer)
+    else:
+        written = os.path.join(args.out, "method")
+        save_method(model, written)
     before = f"{result.val_loss_before:.4f} -> " if result.val_loss_before is not None else ""
     print(f"validation loss {before}{result.val_loss_after:.4f}; median step {result.median_step_time:.3f} s; "
           f"wrote {written}, {os.path.join(args.out, 'loss.png')}")
 
 
-def cmd_generate(args) -> None:
-    from tinylora import manual_seed, tensor
-    from tinylora.model.generate import generate
+def _is_method_folder(path) -> bool:
+    """Is `path` a baseline's method folder (method_config.json) rather than a LoRA adapter?"""
+    from tinylora.methods.method_io import CONFIG_FILE
+
+    return bool(path) and os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def load_with_adapter(model_path, adapter, device=None, force=False):
+    """(model, tokenizer): a model folder plus, optionally, an adapter (LoRA or a LoRA-family method) or a
+    baseline's method folder."""
+    from tinylora.methods import load_method
     from tinylora.model.load import load_model
 
+    if _is_method_folder(adapter):
+        model, tokenizer = load_model(model_path or "base-mini", device=device)
+        load_method(model, adapter)
+    else:
+        model, tokenizer = load_model(_base_of(adapter, model_path), device=device)
+        if adapter:
+            _load_any_adapter(model, adapter, force=force)
+    return model, tokenizer
+
+
+def cmd_generate(args) -> None:
+    from tinylora import manual_seed, tensor
+    from tinylora.methods.prefix import max_new_tokens_for, prompt_ids
+    from tinylora.model.generate import generate
+
     manual_seed(args.seed)
-    model, tokenizer = load_model(_base_of(args.adapter, args.model), device=args.device)
-    if args.adapter:
-        _load_any_adapter(model, args.adapter, force=args.force)
-        manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
-    ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
-    out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
+    model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device, force=args.force)
+    manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
+    prompt = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+    ids = prompt_ids(model, prompt)  # prefix + prompt + infix for prefix tuning, else the prompt
+    n_new = max_new_tokens_for(model, len(ids), args.max_new_tokens)  # a prefix must stay in the context
+    out = generate(model, tensor([ids], device=args.device), n_new,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token=tokenizer.eot_id)
-    print(tokenizer.decode(out.numpy()[0].tolist()))
+    print(tokenizer.decode(prompt + out.numpy()[0, len(ids):].tolist()))
 
 
 def cmd_merge(args) -> None:
     from tinylora.lora import merge_and_unload
+    from tinylora.methods import load_method
+    from tinylora.methods.glora import merge_and_unload_glora
+    from tinylora.methods.method_io import MERGEABLE, read_method_config
     from tinylora.model.load import load_model, save_model
 
-    from tinylora.methods.glora import merge_and_unload_glora
-
-    base = _base_of(args.adapter, args.base)
-    model, tokenizer = load_model(base)
-    _load_any_adapter(model, args.adapter, force=args.force)
-    merged = merge_and_unload(model)  # safe: refuses a non-finite ΔW, naming the layer, before W0 changes
-    merged = merge_and_unload_glora(merged)  # GLoRA layers (tinylora.methods.glora), if any
+    if _is_method_folder(args.adapter):
+        base = args.base or "base-mini"
+        model, tokenizer = load_model(base)
+        method = read_method_config(args.adapter)["method"]
+        if method not in MERGEABLE:
+            raise ValueError(f"{method} cannot be merged: its {'adapters' if 'adapter' in method else 'virtual tokens'} "
+                             "add computation no weight of the base model can absorb; use generate --adapter")
+        merged = load_method(model, args.adapter)  # FT^Top2 / BitFit: the trained weights replace the base's
+        del merged.finetune_method
+    else:
+        base = _base_of(args.adapter, args.base)
+        model, tokenizer = load_model(base)
+        _load_any_adapter(model, args.adapter, force=args.force)
+        merged = merge_and_unload(model)  # safe: refuses a non-finite ΔW, naming the layer, before W0 changes
+        merged = merge_and_unload_glora(merged)  # GLoRA layers (tinylora.methods.glora), if any
     save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(base), "adapter": args.adapter}})
     print(f"merged model written to {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    import json
+
+    from tinylora.data import read_pairs
+    from tinylora.io import write_json_atomic
+    from tinylora.train.generation_metrics import evaluate_generation
+
+    model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device, force=args.force)
+    result = evaluate_generation(model, tokenizer, read_pairs(args.data), args.max_prompts, args.max_new_tokens)
+    result.update({"model": str(args.model), "adapter": args.adapter, "data": str(args.data)})
+    if args.out:
+        write_json_atomic(args.out, result)
+    print(json.dumps({k: result[k] for k in ("bleu", "rouge_l", "prompts")}))
 
 
 def _base_of(adapter, given):
@@ -450,8 +564,8 @@ def _run(name: str):
 
 
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
-            "merge": cmd_merge, "info": cmd_info, "analyze": _run("analyze"), "serve": _run("serve"),
-            "download": _run("download"), "course": _run("course")}
+            "merge": cmd_merge, "evaluate": cmd_evaluate, "info": cmd_info, "analyze": _run("analyze"),
+            "serve": _run("serve"), "download": _run("download"), "course": _run("course")}
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,19 @@ Each file opens with its paper's equation, the shapes, the |Θ| formula and the 
 is checked against, and has an `apply_<method>(model, ...)` function in the style of
 `tinylora.lora.apply_lora`. Plain LoRA itself lives in `tinylora/lora/`, which every method here builds on.
 
+The paper's baselines (Hu et al. 2021, §5.1), in reading order:
+
+    trainable.py   what every apply_* ends with: train these parameters, freeze the rest, one method per model
+    full_ft.py     FT (everything trains) and FT^Top2 (the last two blocks)       apply_full_ft, apply_top_layers
+    bitfit.py      BitFit: only the biases                                        apply_bitfit
+    prefix.py      PreEmbed / PreLayer: trainable virtual tokens around the prompt apply_prefix_embed, apply_prefix_layer
+    bottleneck_adapters.py  Adapter^H / Adapter^L: bottleneck MLPs inside every block  apply_adapter_h, apply_adapter_l
+    method_io.py   save_method / load_method (safetensors + JSON)
+
+The LoRA family: cheaper training (memory), then better results:
+
+    lora_fa.py      LoRA-FA: A frozen at init, only B trains (saves Ax, not x)
+    qlora.py        QLoRA: quantize_model (4-bit NF4 base, tinylora/quant/), then LoRA; merge_qlora
     rslora.py       rsLoRA: s = α/√r                                   (PEFT use_rslora: equal in float64)
     loraplus.py     LoRA+: B's learning rate λ·η, optimizer groups     (PEFT's grouping of 1-D tensors)
     dora.py         DoRA: W' = m (W0 + sBA)/‖W0 + sBA‖_c               (PEFT use_dora: equal in float64)
@@ -15,3 +28,16 @@ is checked against, and has an `apply_<method>(model, ...)` function in the styl
     choose.py       apply_method / training_hooks by name, adapter files for every method (used by the CLI)
     peft_export.py  export_method_peft: DoRA and rsLoRA adapters in PEFT's format
 """
+
+from tinylora.methods.bottleneck_adapters import Adapter, apply_adapter_h, apply_adapter_l
+from tinylora.methods.bitfit import apply_bitfit
+from tinylora.methods.full_ft import apply_full_ft, apply_top_layers
+from tinylora.methods.lora_fa import apply_lora_fa
+from tinylora.methods.method_io import load_method, save_method
+from tinylora.methods.prefix import VirtualTokenData, apply_prefix_embed, apply_prefix_layer
+
+__all__ = [
+    "apply_lora_fa",
+    "Adapter", "VirtualTokenData", "apply_adapter_h", "apply_adapter_l", "apply_bitfit", "apply_full_ft",
+    "apply_prefix_embed", "apply_prefix_layer", "apply_top_layers", "load_method", "save_method",
+]

@@ -265,10 +265,20 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx, device=device, dtype=dtype)
         self.ln_2 = nn.LayerNorm(c, eps=eps, device=device, dtype=dtype)
         self.mlp = MLP(config, device=device, dtype=dtype)
+        # optional slots for modules that rewrite a branch's output before its residual add,
+        # (B, T, C) -> (B, T, C); None: nothing (adapters use them: tinylora/methods/bottleneck_adapters.py)
+        self.after_attn = None
+        self.after_mlp = None
 
     def forward(self, x, kv_cache: KVCache | None = None):
-        x = x + self.attn(self.ln_1(x), kv_cache)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))
+        h = self.attn(self.ln_1(x), kv_cache)  # (B, T, C)
+        if self.after_attn is not None:
+            h = self.after_attn(h)
+        x = x + h
+        h = self.mlp(self.ln_2(x))  # (B, T, C)
+        if self.after_mlp is not None:
+            h = self.after_mlp(h)
+        return x + h
 
 
 # ---------------------------------------------------------------- model
@@ -302,6 +312,9 @@ class GPT(nn.Module):
         # memory levers (model/memory_levers.py), off by default: set them through enable_memory_levers
         self.checkpoint_activations = False  # recompute each block in backward instead of keeping its activations
         self.loss_chunk_size = None  # with targets: a chunked LM head + loss that never holds (B, T, V) logits
+        # optional module for token ids >= vocab_size ("virtual tokens" of prefix tuning,
+        # tinylora/methods/prefix.py): it embeds them and may rewrite their hidden state before each block
+        self.virtual_tokens = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -342,8 +355,12 @@ class GPT(nn.Module):
         b, t = idx.shape
         xp = self.wpe.weight.device.xp
         pos = xp.arange(past, past + t)  # (T,): positions continue after what the cache holds
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C)
-        for block in self.blocks:
+        virtual = self.virtual_tokens
+        tok = self.wte(idx) if virtual is None else virtual.embed(idx, self.wte)  # (B, T, C)
+        x = self.drop(tok + self.wpe(pos))  # (B, T, C) + (T, C)
+        for i, block in enumerate(self.blocks):
+            if virtual is not None:
+                x = virtual.before_block(i, idx, x)  # (B, T, C)
             if kv_cache is None and self._checkpoint_now(block):
                 x = checkpoint(block, x, block.parameters())  # keeps x only; block recomputed in backward
             else:

@@ -1,0 +1,38 @@
+"""Smoke tests of the Table 1 and Table 3 benchmarks (benchmarks/table1_latency.py, table3_e2e.py) on tiny settings."""
+
+import json
+
+import pytest
+
+from benchmarks import table1_latency, table3_e2e
+
+
+@pytest.mark.parametrize("contender", ["base", "adapter-h", "prefix-layer"])
+def test_table1_worker_times_every_setting(contender):
+    times = table1_latency.time_contender(contender, "mini", adapter_dim=4, trials=2, seed=0)
+    assert set(times["cpu"]) == {f"{b}x{t}" for b, t in table1_latency.SETTINGS}
+    assert all(len(v) == 2 and min(v) >= 0 for v in times["cpu"].values())
+
+
+def test_table1_table_shows_percent_over_base():
+    cell = {"median_ms": 2.0, "half_iqr_ms": 0.1, "percent_over_base": 100.0}
+    rows = {"base": {f"{b}x{t}": {**cell, "median_ms": 1.0} for b, t in table1_latency.SETTINGS},
+            "adapter-h": {f"{b}x{t}": cell for b, t in table1_latency.SETTINGS}}
+    text = table1_latency.table(rows)
+    assert "| adapter-h | 2.0 ± 0.1 (+100.0%)" in text and "| base | 1.0 ± 0.1 |" in text
+
+
+def test_table3_test_prompts_are_held_out_with_three_references():
+    train, test = table3_e2e.e2e_data(n_train=60, n_test=4)
+    assert len(test) == 12 and not {p["prompt"] for p in train} & {p["prompt"] for p in test}
+    assert all(test[i]["prompt"] == test[i + 1]["prompt"] == test[i + 2]["prompt"] for i in range(0, 12, 3))
+
+
+@pytest.mark.slow  # trains base-mini twice and generates: ~20 s on an idle 2-core machine
+def test_table3_runs_end_to_end(tmp_path):
+    out = tmp_path / "t3.json"
+    table3_e2e.main(["--steps", "2", "--batch", "2", "--train", "30", "--test", "1", "--methods", "full,adapter-h",
+                     "--work", str(tmp_path / "runs"), "--out", str(out)])
+    rows = json.loads(out.read_text())["result"]["rows"]
+    assert rows["adapter-h"]["trainable"] == 9_248 and rows["full"]["trainable"] == 859_008
+    assert out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
