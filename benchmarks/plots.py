@@ -87,9 +87,9 @@ def ratio_curve(records, out: Path) -> list[Path]:
     for (device, shape), by_label in grouped(records, "memory").items():
         for impl in common.IMPLS:
             lora, full = by_label.get(f"{impl}-lora-r8"), by_label.get(f"{impl}-full")
-            if lora and full and shape in SHAPES:
-                ratio = (med(lora, lambda r: r["result"]["peak_above_model_bytes"])
-                         / med(full, lambda r: r["result"]["peak_above_model_bytes"]))
+            full_peak = med(full, lambda r: r["result"]["peak_above_model_bytes"]) if full else 0
+            if lora and full_peak > 0 and shape in SHAPES:  # 0: a process whose heap already had room (no ratio)
+                ratio = med(lora, lambda r: r["result"]["peak_above_model_bytes"]) / full_peak
                 params = analytic.parameter_counts(SHAPES[shape], "full")["total"]
                 by_device.setdefault(device, {}).setdefault(impl, []).append((params, ratio))
     for device, by_impl in by_device.items():
