@@ -200,6 +200,7 @@ def cmd_finetune(args) -> None:
     from tinylora import manual_seed
     from tinylora.lora import apply_lora, parameter_report, save_adapter
     from tinylora.model.load import load_model, save_model
+    from tinylora.train import distributed
     from tinylora.train.loop import train
 
     manual_seed(args.seed)
@@ -214,6 +215,8 @@ def cmd_finetune(args) -> None:
                    dropout=args.lora_dropout)
     print(parameter_report(model)["text"].splitlines()[-1])
     result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume)
+    if not distributed.current().is_writer:
+        return  # under `mpiexec -n N` only rank 0 writes files (tinylora/train/distributed.py)
     if args.method == "lora":
         save_adapter(model, os.path.join(args.out, "adapter"))
         written = os.path.join(args.out, "adapter")

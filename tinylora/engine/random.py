@@ -30,7 +30,7 @@ def host_rng() -> numpy.random.Generator:
 
 def device_rng(device):
     """A generator that draws directly on `device` (NumPy's on the CPU, CuPy's on the GPU)."""
-    if device.name != "cuda":
+    if device.name == "cpu":
         return _host
     if device.name not in _device_rngs:
         _device_rngs[device.name] = device.xp.random.default_rng(_seed)

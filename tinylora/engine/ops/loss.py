@@ -25,11 +25,11 @@ class CrossEntropy(Function):
         z = logits.reshape(-1, n_classes)  # (N, C)
         t = targets.reshape(-1)  # (N,)
         keep = t != ignore_index
-        kept = int(keep.sum())
+        kept = int(keep.sum().item())  # .item(): an explicit device-to-host copy
         if kept == 0:
             raise ValueError("cross_entropy: every target equals ignore_index, so the mean is over nothing")
         t_safe = xp.where(keep, t, 0)
-        if int(t_safe.min()) < 0 or int(t_safe.max()) >= n_classes:
+        if t_safe.min().item() < 0 or t_safe.max().item() >= n_classes:
             raise IndexError(f"cross_entropy: targets must lie in [0, {n_classes}) or equal ignore_index={ignore_index}")
         rows = xp.arange(z.shape[0])
         row_max = z.max(axis=1, keepdims=True)  # (N, 1)
