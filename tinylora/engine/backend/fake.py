@@ -145,8 +145,8 @@ class FakeArray(NDArrayOperatorsMixin):
     def __getitem__(self, key):
         return _wrap(self._host[unwrap(key, allow_host=True)])
 
-    def __setitem__(self, key, value):
-        self._host[unwrap(key, allow_host=True)] = unwrap(value)
+    def __setitem__(self, key, value):  # a host value is copied in (host -> device is explicit enough, as in CuPy)
+        self._host[unwrap(key, allow_host=True)] = unwrap(value, allow_host=True)
 
     def __repr__(self):
         return f"fake_array({numpy.array2string(self._host, separator=', ')}, dtype={self._host.dtype})"
