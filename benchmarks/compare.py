@@ -37,10 +37,10 @@ def _speed(config: str, impl: str, method: str, extra=()) -> list[str]:
 def contenders(name: str) -> list[tuple[str, list[str], dict]]:
     """(label, speed.py arguments, extra environment) of every contender of a set."""
     if name == "allocator":
-        lora = _speed("gpt2", "tinylora", "lora")
+        lora = _speed("gpt2", "tinylora", "lora", ("--warmup", "1", "--steps", "3"))
         return [("tinylora-lora-r8 keep (default)", lora, {}), ("tinylora-lora-r8 system", lora, SYSTEM)]
     if name in ("gpt2", "teaching"):
-        config, extra = ("gpt2", ()) if name == "gpt2" else ("mini", ("--batch", "16", "--warmup", "2", "--steps", "10"))
+        config, extra = ("gpt2", ("--warmup", "1", "--steps", "3")) if name == "gpt2" else ("mini", ("--batch", "16", "--warmup", "2", "--steps", "10"))
         rows = []
         for method in ("lora", "full"):
             for impl in ("tinylora", "torch", "hf"):

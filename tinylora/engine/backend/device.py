@@ -154,7 +154,7 @@ def scatter_add(target, indices, values) -> None:
     if isinstance(target, numpy.ndarray):
         numpy.add.at(target, indices, values)
     elif isinstance(target, fake.FakeArray):
-        numpy.add.at(target._host, fake.unwrap(indices), fake.unwrap(values))
+        numpy.add.at(target._host, fake.unwrap(indices, allow_host=True), fake.unwrap(values))  # host indices: as in indexing
     else:
         import cupyx
 
