@@ -154,6 +154,11 @@ class FakeArray(NDArrayOperatorsMixin):
     def __bool__(self):
         return bool(self._host) if _asked_by_tests() else _reject("bool() (an `if` or `and`) of a device array")
 
+    def __format__(self, spec):
+        if spec and not _asked_by_tests():
+            _reject(f"formatting a device array with '{spec}'")
+        return format(self._host.item() if self._host.ndim == 0 else self._host, spec) if spec else repr(self)
+
     def __complex__(self):
         _reject("complex() of a device array")
 
