@@ -74,7 +74,7 @@ def test_the_fake_device_refuses_what_cupy_refuses():
             with pytest.raises(TypeError, match="CuPy's rules"):
                 mistake()
         with pytest.raises(AttributeError, match="NumPy-only"):
-            get_device("fake").xp.errstate  # noqa: B018
+            get_device("fake").xp.ma  # noqa: B018  (masked arrays: NumPy only)
         assert isinstance(a.sum(), fake.FakeArray) and a.sum().item() == 15.0  # a 0-d device array, as CuPy
         assert isinstance(get_device("fake").xp.asarray(np.ones(2)), fake.FakeArray)  # host -> device is explicit
 
