@@ -33,7 +33,10 @@ from __future__ import annotations
 import os
 import time
 
-SMALL_FLOPS = 64e6  # below this a product runs on one thread (about 10 ms of one core's work, or less)
+# Below this a product runs on one thread. base-mini's largest product (2048 x 128 @ 128 x 512, 268 MFLOP) is
+# under it: on the 2-core development machine its whole LoRA step ran faster on one thread than on two
+# (0.230 s against 0.258 s, quiet; issue 16). GPT-2 small's products (0.4 - 4.8 GFLOP at 4 x 256) are above it.
+SMALL_FLOPS = 300e6
 INTERVAL = 0.2  # seconds: how often the free cores are measured again
 
 _limit: int | None = None  # the user's limit (TINYLORA_THREADS or set_num_threads), None: the BLAS default
