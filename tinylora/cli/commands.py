@@ -4,8 +4,11 @@
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
     tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
     tinylora generate --model MODEL [--adapter A]   sample text
-    tinylora merge --base MODEL --adapter A --out M W = W0 + BA, saved as a plain model
+    tinylora merge --base MODEL --adapter A --out M W = W0 + (α/r) B A, saved as a plain model
     tinylora info --model MODEL [--rank r]          parameter counts
+    tinylora analyze [--out DIR]                    the paper's rank analyses (φ, Table 7, rank sweep)
+    tinylora serve --requests FILE --adapter N=DIR  batch generation, many adapters in one batch
+    tinylora download gpt2 --out DIR                a Hugging Face GPT-2 folder (needs huggingface_hub)
 
 Every subcommand has --help. A bad argument or file is reported in one line
 (`tinylora: error: ...`), not a traceback; set TINYLORA_DEBUG=1 to see the traceback.
@@ -14,6 +17,7 @@ Every subcommand has --help. A bad argument or file is reported in one line
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -107,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p, steps=200, lr=None, batch=8)
 
     p = sub.add_parser("generate", help="generate text from a model (and an adapter)")
-    p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
+    p.add_argument("--model", default=None,
+                   help="model folder or 'base-mini' (default: the base the adapter records, else base-mini)")
     p.add_argument("--adapter", default=None, help="adapter folder written by finetune --method lora")
+    p.add_argument("--force", action="store_true",
+                   help="use the adapter even on a base whose weights differ from the one it was trained on")
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -118,15 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("merge", help="merge an adapter into its base: W = W0 + (alpha/r) B A")
-    p.add_argument("--base", default="base-mini")
+    p.add_argument("--base", default=None, help="model folder or 'base-mini' (default: the base the adapter records)")
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--force", action="store_true",
+                   help="merge even into a base whose weights differ from the one the adapter was trained on")
 
     p = sub.add_parser("info", help="parameter counts, with or without LoRA")
     p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
     p.add_argument("--rank", type=int, default=None, help="also count LoRA of this rank")
     p.add_argument("--targets", type=_targets, default=("q", "v"))
-    p.add_argument("--detail", action="store_true", help="one row per module")
+    p.add_argument("--detail", action="store_true", help="one row per module (builds a preset's model)")
+    p.add_argument("--adapter", default=None, help="describe this adapter folder instead (its settings, size, base)")
+
+    from tinylora.cli import analyze, download, serve
+
+    for module in (analyze, serve, download):
+        module.add_parser(sub)
     return parser
 
 
@@ -191,6 +206,7 @@ def _no_dropout(model) -> None:
     from tinylora import nn
 
     model.config.dropout = 0.0  # so a saved model's config says what its modules do
+    model.config.embd_dropout = model.config.attn_dropout = model.config.resid_dropout = None  # all = dropout
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -235,9 +251,9 @@ def cmd_generate(args) -> None:
     from tinylora.model.load import load_model
 
     manual_seed(args.seed)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(_base_of(args.adapter, args.model), device=args.device)
     if args.adapter:
-        load_adapter(model, args.adapter)
+        load_adapter(model, args.adapter, force=args.force)
         manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
     ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
     out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
@@ -249,18 +265,55 @@ def cmd_merge(args) -> None:
     from tinylora.lora import load_adapter, merge_and_unload
     from tinylora.model.load import load_model, save_model
 
-    model, tokenizer = load_model(args.base)
-    load_adapter(model, args.adapter)
-    merged = merge_and_unload(model)
-    save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(args.base), "adapter": args.adapter}})
+    base = _base_of(args.adapter, args.base)
+    model, tokenizer = load_model(base)
+    load_adapter(model, args.adapter, force=args.force)
+    merged = merge_and_unload(model)  # safe: refuses a non-finite ΔW, naming the layer, before W0 changes
+    save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(base), "adapter": args.adapter}})
     print(f"merged model written to {args.out}")
 
 
+def _base_of(adapter, given):
+    """The base model to load: --base/--model as given, else the one the adapter records, else base-mini."""
+    if given is not None:
+        return given
+    if adapter:
+        from tinylora.lora.adapter_io import read_adapter_config
+
+        recorded = read_adapter_config(adapter).get("base")
+        if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
+            return recorded["name"]
+    return "base-mini"
+
+
+def _describe_adapter(path) -> str:
+    """One line about an adapter folder: where LoRA sits, its size, its base."""
+    from tinylora.io import tensor_shapes
+    from tinylora.lora.adapter_io import TENSOR_FILE, read_adapter_config
+
+    config = read_adapter_config(path)
+    if not isinstance(config, dict) or not isinstance(config.get("modules"), dict):
+        raise ValueError(f"{path}: adapter_config.json has no 'modules' object; not a tinylora adapter")
+    shapes = tensor_shapes(os.path.join(path, TENSOR_FILE))
+    size = sum(math.prod(shape) for _, shape in shapes.values())
+    base = config.get("base") if isinstance(config.get("base"), dict) else {}
+    digest = base.get("weights_sha256") or "not recorded"
+    layers = "all blocks" if config.get("layers") is None else f"blocks {config['layers']}"
+    return (f"adapter {path}: LoRA r={config.get('r')}, alpha={config.get('alpha')} on "
+            f"{','.join(map(str, config.get('targets') or []))} of {layers} ({len(config['modules'])} layers), "
+            f"bias {config.get('bias')}; {size:,} parameters in {len(shapes)} tensors; base "
+            f"{base.get('name')!r} (weights sha256 {digest[:16]})")
+
+
 def cmd_info(args) -> None:
-    from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.lora import apply_lora, parameter_report
+    from tinylora.lora.apply import count_line, lora_parameter_count
+    from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.model.load import SHIPPED, load_model
 
+    if args.adapter:
+        print(_describe_adapter(args.adapter))
+        return
     if args.model in SHIPPED or os.path.isdir(args.model):
         model, _ = load_model(args.model)
     else:
@@ -268,6 +321,11 @@ def cmd_info(args) -> None:
             config = GPTConfig.from_preset(args.model)
         except ValueError as err:
             raise FileNotFoundError(f"--model {args.model} is not a model folder, nor a preset: {err}") from None
+        if not args.detail:  # counted from the sizes: no need to build (and randomly initialise) the model
+            total = config.num_parameters()
+            lora = lora_parameter_count(config, args.rank, args.targets) if args.rank else 0
+            print(count_line(lora, total + lora, lora) if args.rank else count_line(total, total, 0))
+            return
         model = GPT(config)
     if args.rank:
         apply_lora(model, r=args.rank, targets=args.targets)
@@ -275,8 +333,18 @@ def cmd_info(args) -> None:
     print(report["text"] if args.detail else report["text"].splitlines()[-1])
 
 
+def _run(name: str):
+    """The `run(args)` of tinylora/cli/<name>.py, imported when the command runs."""
+    def command(args):
+        import importlib
+
+        importlib.import_module(f"tinylora.cli.{name}").run(args)
+    return command
+
+
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
-            "merge": cmd_merge, "info": cmd_info}
+            "merge": cmd_merge, "info": cmd_info, "analyze": _run("analyze"), "serve": _run("serve"),
+            "download": _run("download")}
 
 
 def main(argv=None) -> int:

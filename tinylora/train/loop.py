@@ -41,7 +41,8 @@ from tinylora.engine.tensor import tensor
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (every field has a command-line flag of the same name)."""
+    """Settings of one training run. `tinylora pretrain`/`finetune` set most fields with the flag of the same
+    name (--max-steps for max_steps); min_lr_ratio has no flag, and --no-progress sets progress=False."""
 
     max_steps: int = 200
     batch_size: int = 8
@@ -66,7 +67,7 @@ class TrainResult:
     val_loss_before: float | None = None
     val_loss_after: float | None = None
     step_times: list = field(default_factory=list)  # seconds per step
-    peak_bytes: int = 0  # peak bytes of live tensor data during training (tinylora.backend.memory)
+    peak_bytes: int = 0  # peak bytes of live tensor data during training (tinylora.engine.backend.memory)
     peak_split: dict = field(default_factory=dict)  # that peak by category
     trainable: int = 0  # number of trainable parameters
 
