@@ -1,7 +1,7 @@
 """Data-parallel training over MPI: every rank trains on its shard of each batch, gradients are averaged.
 
     mpiexec -n 2 tinylora finetune --data notes.txt --out runs/dp       # the command line
-    mpiexec -n 2 python my_training_script.py                           # the API: train() does the same
+    mpiexec -n 2 python <a script that calls train()>                 # the API does the same
 
 With N ranks (processes) and a global batch of B sequences, step s runs on every rank r:
 
