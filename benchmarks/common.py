@@ -30,8 +30,12 @@ KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**3
 
 
 def allocator_setting() -> str:
-    """'keep' when this process runs with KEEP_FREED_MEMORY, else 'default'."""
-    return "keep" if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()) else "default"
+    """'keep' when this process runs with KEEP_FREED_MEMORY, else 'default'; for tinylora, what it set for itself
+    (tinylora.engine.backend.allocator: 'keep' unless TINYLORA_ALLOCATOR=system)."""
+    if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
+        return "keep"
+    allocator = sys.modules.get("tinylora.engine.backend.allocator")
+    return f"tinylora-{allocator.setting}" if allocator is not None else "default"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMPLS = ("tinylora", "torch", "hf")  # tinylora, hand-written PyTorch GPT-2, Hugging Face transformers + PEFT
 METHODS = ("lora", "full")

@@ -9,7 +9,8 @@ divides the latter by the machine's matmul ceiling (benchmarks/ceiling.py, same 
 
 With --profile (tinylora only), further steps run under benchmarks.op_profile.OpProfiler and the result
 holds the time per op class and per category (matmul, elementwise, softmax & cross-entropy, optimizer, ...).
-Profiled steps are never part of the median.
+Profiled steps are never part of the median. On CUDA the result also holds the allocator's peak during the
+steps above the memory held before them (the model, optimizer and batch), so one GPU process gives both.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main(argv=None) -> dict:
     shape = get_shape(args.config, args.batch, args.seq)
     contender = build(args.impl, shape, args.method, args.rank, args.device, args.seed, args.threads)
     idx, targets = contender.batch(*make_batch(shape, args.seed))
+    at_reset = contender.device_memory_reset() if args.device == "cuda" else None  # the model, optimizer, batch
     times = time_steps(contender, idx, targets, args.warmup, args.steps)
     median = common.median(times) if times else None  # None: a profile-only run
     flops = step_flops(shape, args.method, args.rank)
@@ -85,6 +87,8 @@ def main(argv=None) -> dict:
         "gflops_per_second": flops / median / 1e9 if median else None,
         "warmup": args.warmup,
         "params": contender.param_counts(),
+        # CUDA: the allocator's peak during the steps above what existed before them (as benchmarks.memory)
+        "cuda_peak_above_model_bytes": contender.device_memory_peak() - at_reset if at_reset is not None else None,
         "profile": profile_steps(contender, idx, targets, args.profile) if args.profile else None,
     }
     label = common.contender_label(args.impl, args.method, args.rank)

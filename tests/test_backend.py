@@ -33,7 +33,7 @@ def test_fake_device_is_distinct_and_mixing_devices_is_an_error():
 
 
 def test_to_device_is_differentiable():
-    a = tinylora.tensor([1.0, 2.0], requires_grad=True)
+    a = tinylora.tensor([1.0, 2.0], requires_grad=True, device="cpu")
     b = a.to("fake")
     (b * b).sum().backward()
     assert a.grad.device == "cpu"

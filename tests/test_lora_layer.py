@@ -148,7 +148,7 @@ def test_matches_peft_forward_and_gradients():
 
     net = Net()
     with torch.no_grad():
-        net.lin.weight.copy_(torch.tensor(layer.base.weight.data))
+        net.lin.weight.copy_(torch.tensor(layer.base.weight.numpy()))
         net.lin.bias.copy_(torch.tensor(layer.base.bias.data))
     net = peft.get_peft_model(net, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=["lin"], lora_dropout=0.0))
     lin = net.base_model.model.lin

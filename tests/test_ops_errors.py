@@ -120,14 +120,14 @@ def test_float32_and_float64_never_mix(name):
 @pytest.mark.parametrize("name", MIXING)
 def test_cpu_and_fake_devices_never_mix(name):
     with raises_naming(RuntimeError, "cpu", "fake"):
-        MIXING[name](f32(6, requires_grad=True), f32(6, device="fake"))
+        MIXING[name](f32(6, requires_grad=True, device="cpu"), f32(6, device="fake"))
 
 
 def test_index_tensors_on_another_device_are_refused():
     with raises_naming(RuntimeError, "embedding", "fake", "cpu"):
-        F.embedding(tinylora.tensor([0, 1], device="fake"), f32(4, 2))
+        F.embedding(tinylora.tensor([0, 1], device="fake"), f32(4, 2, device="cpu"))
     with raises_naming(RuntimeError, "cross_entropy", "fake", "cpu"):
-        F.cross_entropy(f32(2, 5), tinylora.tensor([0, 1], device="fake"))
+        F.cross_entropy(f32(2, 5, device="cpu"), tinylora.tensor([0, 1], device="fake"))
 
 
 def test_python_floats_take_the_tensors_dtype():

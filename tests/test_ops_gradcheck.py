@@ -172,7 +172,7 @@ def test_max_splits_the_gradient_equally_between_ties():
     # over all axes: the three 5.0 share the gradient, and the shares add up to it
     x.grad = None
     F.max(x).backward(np.array(3.0))
-    assert x.grad.data.sum() == pytest.approx(3.0)
+    assert x.grad.data.sum().item() == pytest.approx(3.0)
     np.testing.assert_allclose(x.grad.data[1, :3], 1.0)
 
 

@@ -358,7 +358,7 @@ def test_dropout_against_the_formula_in_torch(torch, shape, p, seed):
     # torch draws its own random numbers, so torch computes x * mask / (1 - p) with tinylora's mask
     x = random_array(shape, seed, kind="nonzero")  # no zeros: a zero in the output means "dropped"
     tinylora.manual_seed(seed)
-    mask = F.dropout(tinylora.tensor(x, dtype="float64"), p).data != 0
+    mask = F.dropout(tinylora.tensor(x, dtype="float64"), p).numpy() != 0
 
     def ours(x):
         tinylora.manual_seed(seed)  # the same mask again

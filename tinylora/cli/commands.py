@@ -359,6 +359,7 @@ def cmd_finetune(args) -> None:
     from tinylora.lora import parameter_report, save_adapter
     from tinylora.methods import VirtualTokenData, save_method
     from tinylora.model.load import load_model, save_model
+    from tinylora.train import distributed
     from tinylora.train.loop import train
 
     manual_seed(args.seed)
@@ -395,6 +396,8 @@ def cmd_finetune(args) -> None:
     if allocator is not None:
         ranks = allocator.rank_allocation()
         print("adalora rank per layer: " + ", ".join(f"{n} {r}" for n, r in ranks.items()))
+    if not distributed.current().is_writer:
+        return  # under `mpiexec -n N` only rank 0 writes files (tinylora/train/distributed.py)
     if args.method in ("lora", "lora-fa"):
         written = os.path.join(args.out, "adapter")
         save_adapter(model, written)

@@ -12,7 +12,6 @@ import numpy
 
 _seed = 0
 _host = numpy.random.default_rng(_seed)
-_device_rngs: dict[str, object] = {}
 
 
 def manual_seed(seed: int) -> None:
@@ -20,7 +19,6 @@ def manual_seed(seed: int) -> None:
     global _seed, _host
     _seed = int(seed)
     _host = numpy.random.default_rng(_seed)
-    _device_rngs.clear()
 
 
 def host_rng() -> numpy.random.Generator:
@@ -29,12 +27,14 @@ def host_rng() -> numpy.random.Generator:
 
 
 def device_rng(device):
-    """A generator that draws directly on `device` (NumPy's on the CPU, CuPy's on the GPU)."""
-    if device.name != "cuda":
+    """A generator that draws directly on `device` (NumPy's on the CPU, CuPy's on the GPU).
+
+    Off the CPU it is a new generator seeded from the host generator at every call, so the host
+    generator's state, which checkpoints save, decides every draw and a resumed run is exact there too.
+    """
+    if device.name == "cpu":
         return _host
-    if device.name not in _device_rngs:
-        _device_rngs[device.name] = device.xp.random.default_rng(_seed)
-    return _device_rngs[device.name]
+    return device.xp.random.default_rng(int(_host.integers(2**63 - 1)))
 
 
 def get_rng_state() -> dict:
@@ -47,4 +47,3 @@ def set_rng_state(state: dict) -> None:
     global _seed
     _seed = int(state["seed"])
     _host.bit_generator.state = state["bit_generator"]
-    _device_rngs.clear()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 
 from tinylora.engine import autograd
-from tinylora.engine.backend import device_of, get_device, host, memory, move, to_host
+from tinylora.engine.backend import device_of, get_device, host, is_array, memory, move, to_host
 
 float32 = host.dtype("float32")
 float64 = host.dtype("float64")
@@ -42,12 +42,12 @@ class Tensor:
         if isinstance(data, Tensor):
             raise TypeError("Tensor(data) takes an array or nested lists; to copy a tensor use t.detach()")
         dtype = _as_dtype(dtype)
-        array_input = hasattr(data, "__array_interface__") or hasattr(data, "__cuda_array_interface__")
+        array_input = is_array(data)
         if array_input:
             if device is not None:
                 target = get_device(device)
-            elif device_of(data).name == "cuda":
-                target = get_device("cuda")
+            elif device_of(data).name != "cpu":  # a CuPy (or fake-device) array stays where it is
+                target = device_of(data)
             else:  # a NumPy array goes to the default device (CuPy when TINYLORA_DEVICE=cuda)
                 target = get_device(None)
             data = move(data, target)

@@ -125,7 +125,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
                 next_ids = xp.where(done, eos_token, next_ids)
                 done |= next_ids == eos_token
             ids = xp.concatenate([ids, next_ids[:, None]], axis=1)  # (B, T + 1)
-            if eos_token is not None and bool(done.all()):
+            if eos_token is not None and done.all().item():  # .item(): an explicit device-to-host copy
                 break
     finally:
         adapters.close()

@@ -38,7 +38,7 @@ def clip_grad_norm_(parameters, max_norm: float, eps: float = 1e-6) -> float:
     squared = 0.0
     for xp, g in grads:
         flat = g.reshape(-1)  # a view for a contiguous gradient
-        squared += float(xp.vdot(flat, flat))  # Σ_j g_ij², summed over parameters in a Python float
+        squared += xp.vdot(flat, flat).item()  # Σ_j g_ij², summed over parameters in a Python float
     total = math.sqrt(squared)
     if not math.isfinite(total):
         return total

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tinylora.train import checkpoint as ckpt
+from tinylora.train import distributed
 from tinylora.engine.autograd import no_grad
 from tinylora.engine.backend import memory, synchronize
 from tinylora.io import read_json
@@ -168,6 +169,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     """
     config = config or TrainConfig()
     device = model_device(model)
+    dp = distributed.current()  # one process, or one rank of `mpiexec -n N` (train/distributed.py)
     optimizer, scheduler = make_optimizer(model, config, param_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(trainable=sum(p.size for p in trainable))
@@ -177,30 +179,32 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     latest = ckpt.latest_checkpoint(run_dir) if resume and run_dir else None
     if latest:
         check_same_run(read_json(os.path.join(latest, "state.json"))["extra"].get("config"), config, latest)
+        dp.check_resume(read_json(os.path.join(latest, "state.json"))["extra"].get("ranks"))
         start = ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
-    log = _MetricsLog(run_dir, resume_step=start)
+    log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
     if start == 0:
         result.val_loss_before = evaluate(model, val)
         log.write({"step": 0, "val_loss": result.val_loss_before})
 
-    bar = _progress(config, start)
+    bar = _progress(config, start) if dp.is_writer else None
     model.train()
     memory.reset_peak()
     for step in range(start, config.max_steps):
         t0 = time.perf_counter()
-        x, y = batch_for_step(train_data, config.batch_size, config.seed, step)
+        x, y = dp.shard(*batch_for_step(train_data, config.batch_size, config.seed, step))  # this rank's rows
         loss = model(tensor(x, device=device), tensor(y, device=device))[1]  # drop the logits at once: backward
         if extra_loss is not None:                                             # needs only what the graph saved
             loss = loss + extra_loss(model)
         optimizer.zero_grad()
         loss.backward()
+        dp.average_gradients(trainable, int((y != -100).sum()))  # the global batch's gradient on every rank
         grad_norm = clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip else None
         lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
         optimizer.step()
         if after_step is not None:
             after_step(step + 1)
         scheduler.step()
-        loss_value = loss.item()  # also waits for the GPU, so the step time is honest
+        loss_value = dp.global_mean(loss.item(), int((y != -100).sum()))  # .item() also waits for the GPU
         del loss
         synchronize(device)
         seconds = time.perf_counter() - t0
@@ -220,8 +224,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
                             mem=f"{row['memory_mib']:.0f}MiB", refresh=False)
             bar.update(1)
-        if run_dir and config.checkpoint_every and done % config.checkpoint_every == 0:
-            ckpt.save_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config)})
+        if run_dir and dp.is_writer and config.checkpoint_every and done % config.checkpoint_every == 0:
+            ckpt.save_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config), "ranks": dp.size})
         result.history.append(row)
 
     if bar is not None:
@@ -229,10 +233,11 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     stats = memory.stats()
     result.peak_bytes, result.peak_split = stats["peak"], stats["peak_split"]
     result.val_loss_after = evaluate(model, val) if val else None
-    if run_dir:
+    if run_dir and dp.is_writer:
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
         if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
-            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, {"config": asdict(config)})
+            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler,
+                                 {"config": asdict(config), "ranks": dp.size})
         from tinylora.train.plot import plot_losses
 
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))

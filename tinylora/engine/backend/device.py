@@ -8,8 +8,10 @@ Three devices exist:
 
     "cpu"   NumPy arrays in host memory (the default).
     "cuda"  CuPy arrays on an NVIDIA GPU (needs `pip install 'tinylora[gpu]'`).
-    "fake"  NumPy arrays that *pretend* to live elsewhere. It exists so tests on a
-            machine without a GPU can check that mixing devices is an error.
+    "fake"  NumPy arrays that *pretend* to live elsewhere, under CuPy's rules (fake.py):
+            a device array never becomes a host array or a Python number by itself.
+            The whole test suite runs on it (TINYLORA_DEVICE=fake), so code that would
+            break on a GPU breaks on a CPU-only machine too.
 
 The default device comes from the environment variable TINYLORA_DEVICE
 ("cpu" if unset) and can be changed with `set_default_device`.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import os
 
 import numpy
+
+from tinylora.engine.backend import fake
 
 _KNOWN = ("cpu", "cuda", "fake")
 
@@ -85,7 +89,7 @@ def get_device(spec=None) -> Device:
     if name not in _KNOWN:
         raise ValueError(f"unknown device '{spec}': choose one of {', '.join(_KNOWN)}")
     if name not in _devices:
-        xp = _import_cupy() if name == "cuda" else numpy
+        xp = _import_cupy() if name == "cuda" else fake.fake_numpy if name == "fake" else numpy
         _devices[name] = Device(name, xp)
         if name == "cuda":
             from tinylora.engine.backend.memory import install_cuda_hook
@@ -113,7 +117,15 @@ def device_of(array) -> Device:
         return get_device("cpu")
     if type(array).__module__.startswith("cupy"):
         return get_device("cuda")
+    if isinstance(array, fake.FakeArray):
+        return get_device("fake")
     raise TypeError(f"expected a NumPy or CuPy array, got {type(array).__name__}")
+
+
+def is_array(value) -> bool:
+    """True for an array of any device (NumPy, CuPy, fake), False for Python data such as lists."""
+    return (hasattr(value, "__array_interface__") or hasattr(value, "__cuda_array_interface__")
+            or isinstance(value, fake.FakeArray))
 
 
 def to_host(array):
@@ -129,6 +141,8 @@ def move(array, device: Device):
     """Return `array` as an array of `device` (copying across host and GPU when needed)."""
     if device.name == "cuda":
         return device.xp.asarray(array)
+    if device.name == "fake":
+        return fake.to_device(to_host(array) if device_of(array).name == "cuda" else array)
     return to_host(array)
 
 
@@ -139,6 +153,8 @@ def scatter_add(target, indices, values) -> None:
     """
     if isinstance(target, numpy.ndarray):
         numpy.add.at(target, indices, values)
+    elif isinstance(target, fake.FakeArray):
+        numpy.add.at(target._host, fake.unwrap(indices, allow_host=True), fake.unwrap(values))  # host indices: as in indexing
     else:
         import cupyx
 

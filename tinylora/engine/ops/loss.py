@@ -28,11 +28,11 @@ class CrossEntropy(Function):
         if t.size == 0:
             raise ValueError(f"cross_entropy: logits of shape {logits.shape} hold no positions to average over")
         keep = t != ignore_index
-        kept = int(keep.sum())
+        kept = int(keep.sum().item())  # .item(): an explicit device-to-host copy
         if kept == 0:
             raise ValueError("cross_entropy: every target equals ignore_index, so the mean is over nothing")
         t_safe = xp.where(keep, t, 0)
-        if int(t_safe.min()) < 0 or int(t_safe.max()) >= n_classes:
+        if t_safe.min().item() < 0 or t_safe.max().item() >= n_classes:
             raise IndexError(f"cross_entropy: targets must lie in [0, {n_classes}) or equal ignore_index={ignore_index}")
         rows = xp.arange(z.shape[0])
         row_max = z.max(axis=1, keepdims=True)  # (N, 1)

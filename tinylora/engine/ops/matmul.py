@@ -11,6 +11,7 @@ So when W is frozen, the node saves W but not x.
 from __future__ import annotations
 
 from tinylora.engine.autograd import Function
+from tinylora.engine.backend import threads
 from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
@@ -28,18 +29,18 @@ class MatMul(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         self.save_for_backward(b if self.needs_input_grad[0] else None, a if self.needs_input_grad[1] else None)
-        return a @ b
+        return threads.matmul(a, b)  # a @ b, with a thread count fit for its size (backend/threads.py)
 
     def backward(self, grad):
         b, a = self.saved
-        da = unbroadcast(grad @ _swap_last(b), self.shapes[0]) if self.needs_input_grad[0] else None
+        da = unbroadcast(threads.matmul(grad, _swap_last(b)), self.shapes[0]) if self.needs_input_grad[0] else None
         db = None
         if self.needs_input_grad[1]:
             if len(self.shapes[1]) == 2 and a.ndim > 2:  # a (..., n, k) @ b (k, m): one big product, not a batch to sum
                 k = a.shape[-1]
-                db = a.reshape(-1, k).T @ grad.reshape(-1, grad.shape[-1])
+                db = threads.matmul(a.reshape(-1, k).T, grad.reshape(-1, grad.shape[-1]))
             else:
-                db = unbroadcast(_swap_last(a) @ grad, self.shapes[1])
+                db = unbroadcast(threads.matmul(_swap_last(a), grad), self.shapes[1])
         return da, db
 
 
@@ -58,7 +59,7 @@ class Linear(Function):
             weight if self.needs_input_grad[0] else None,
             x2 if self.needs_input_grad[1] else None,  # only a trainable W needs the input
         )
-        y = x2 @ weight.T  # (N, out)
+        y = threads.matmul(x2, weight.T)  # (N, out)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -66,8 +67,8 @@ class Linear(Function):
     def backward(self, grad):
         weight, x2 = self.saved
         g2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
-        dx = (g2 @ weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        dw = g2.T @ x2 if self.needs_input_grad[1] else None
+        dx = threads.matmul(g2, weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        dw = threads.matmul(g2.T, x2) if self.needs_input_grad[1] else None
         db = g2.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
         return dx, dw, db
 

@@ -101,9 +101,9 @@ def embedding(indices, weight):
         raise RuntimeError(f"embedding: indices are on {indices.device} but the weight is on {weight.device}")
     if weight.ndim != 2:
         raise ValueError(f"embedding: weight must be 2-D (num_embeddings, dim), got shape {weight.shape}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
+    if idx.size and (idx.min().item() < 0 or idx.max().item() >= weight.shape[0]):
         raise IndexError(
-            f"embedding: index out of range: indices span [{int(idx.min())}, {int(idx.max())}] "
+            f"embedding: index out of range: indices span [{idx.min().item()}, {idx.max().item()}] "
             f"but the table has {weight.shape[0]} rows"
         )
     return Embedding.apply(weight, indices=idx)

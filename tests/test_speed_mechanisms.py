@@ -1,0 +1,90 @@
+"""The mechanisms behind speed and GPU-readiness (engine/backend: allocator.py, threads.py, fake.py).
+
+- the allocator setting is on by default, off with TINYLORA_ALLOCATOR=system, and a wrong value is an error;
+- a small product runs on one thread, a large one on at most the user's limit and the free cores, and
+  the thread count never changes a product's value beyond float rounding;
+- the fake device refuses what CuPy refuses (implicit host copies, host arrays in device ops, Python
+  numbers from device arrays, NumPy-only functions) and otherwise computes what NumPy computes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinylora
+from tinylora.engine.backend import fake, get_device, threads, to_host
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setting_in_fresh_process(**env) -> subprocess.CompletedProcess:
+    code = "import tinylora.engine.backend.allocator as a; print(a.setting)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "TINYLORA_ALLOCATOR"}
+    return subprocess.run([sys.executable, "-c", code], env=dict(clean, PYTHONPATH=ROOT, **env),
+                          capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_allocator_keeps_freed_memory_by_default_and_not_when_told():
+    assert _setting_in_fresh_process().stdout.strip() == "keep"
+    assert _setting_in_fresh_process(TINYLORA_ALLOCATOR="system").stdout.strip() == "system"
+    assert _setting_in_fresh_process(MALLOC_ARENA_MAX="2").stdout.strip() == "environment"  # the user's glibc settings win
+    wrong = _setting_in_fresh_process(TINYLORA_ALLOCATOR="fast")
+    assert wrong.returncode != 0 and "TINYLORA_ALLOCATOR" in wrong.stderr
+
+
+def test_small_products_get_one_thread_and_large_ones_at_most_the_limit():
+    assert threads.threads_for(threads.SMALL_FLOPS / 2) == 1
+    before = threads.get_num_threads()
+    try:
+        tinylora.set_num_threads(1)
+        assert threads.threads_for(1e12) == 1
+        tinylora.set_num_threads(2)
+        assert 1 <= threads.threads_for(1e12) <= min(2, threads.usable_cores())
+    finally:
+        threads.set_num_threads(None)
+    assert threads.get_num_threads() == before
+    with pytest.raises(ValueError, match="positive integer"):
+        tinylora.set_num_threads(0)
+
+
+def test_free_cores_is_between_one_and_the_usable_cores():
+    assert 1 <= threads.free_cores() <= threads.usable_cores()
+
+
+def test_the_thread_count_does_not_change_a_product():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 250))  # 30 MFLOP: one thread
+    big_a, big_b = rng.standard_normal((1200, 1000)), rng.standard_normal((1000, 1300))  # 3.1 GFLOP: threaded
+    np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(threads.matmul(big_a, big_b), big_a @ big_b, rtol=1e-10, atol=1e-10)
+
+
+def test_the_fake_device_refuses_what_cupy_refuses():
+    a = fake.to_device(np.arange(6.0).reshape(2, 3))
+    with fake.strict():
+        for mistake in (lambda: np.asarray(a), lambda: float(a.sum()), lambda: int(a[0, 0]), lambda: bool(a.any()),
+                        lambda: a + np.ones(3), lambda: np.concatenate([a, np.ones((1, 3))]),
+                        lambda: np.add.at(a, [0], 1.0)):
+            with pytest.raises(TypeError, match="CuPy's rules"):
+                mistake()
+        with pytest.raises(AttributeError, match="NumPy-only"):
+            get_device("fake").xp.ma  # noqa: B018  (masked arrays: NumPy only)
+        assert isinstance(a.sum(), fake.FakeArray) and a.sum().item() == 15.0  # a 0-d device array, as CuPy
+        assert isinstance(get_device("fake").xp.asarray(np.ones(2)), fake.FakeArray)  # host -> device is explicit
+
+
+def test_the_fake_device_computes_what_numpy_computes():
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    t = tinylora.tensor(x, device="fake", requires_grad=True)
+    y = (tinylora.functional.softmax(t, axis=-1) * t).sum()
+    y.backward()
+    ref = tinylora.tensor(x, device="cpu", requires_grad=True)
+    (tinylora.functional.softmax(ref, axis=-1) * ref).sum().backward()
+    assert isinstance(t.data, fake.FakeArray) and t.grad.device == "fake"
+    np.testing.assert_array_equal(to_host(t.grad.data), ref.grad.numpy())

@@ -1,0 +1,143 @@
+"""Data-parallel training over MPI: every rank trains on its shard of each batch, gradients are averaged.
+
+    mpiexec -n 2 tinylora finetune --data notes.txt --out runs/dp       # the command line
+    mpiexec -n 2 python <a script that calls train()>                 # the API does the same
+
+With N ranks (processes) and a global batch of B sequences, step s runs on every rank r:
+
+    x_r, y_r = rows [r B/N, (r+1) B/N) of batch_for_step(s)       its shard (B must divide by N)
+    g_r      = d loss_r / d theta                                   loss_r: mean over its n_r kept targets
+    g        = sum_r (n_r / n) g_r,   n = sum_r n_r                 one MPI all-reduce (sum) per step
+    theta   <- AdamW(theta, g)                                      the same update on every rank
+
+sum_r n_r g_r / n is exactly the gradient of the mean loss over the whole global batch, so N ranks
+compute what one process computes with the same batch, up to float rounding (the sums run in another
+order). theta stays identical on every rank because every rank applies the same update to the same
+values. Only the trainable parameters' gradients travel: for LoRA that is r(d + k) numbers per adapted
+matrix instead of d k, so the bytes per step shrink by the same factor as the trainable parameters.
+
+What else changes under MPI: only rank 0 writes (metrics, checkpoints, the plot, the model files), and
+a checkpoint records the number of ranks, so a resume with another number is refused (the batches
+would be split differently). Every wait for the other ranks has a timeout (TINYLORA_MPI_TIMEOUT,
+default 600 s): a rank that died makes the others stop with an error naming the step, not hang.
+On CuPy the gradients are copied to host memory for MPI (one copy each way per step); a CUDA-aware
+MPI could take device buffers directly, which this module does not try.
+
+Needs `pip install 'tinylora[mpi]'` (mpi4py and the MPICH wheel). One process without mpiexec needs nothing:
+`current()` is then a one-rank group whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from tinylora.engine.backend import host, move, to_host
+
+TIMEOUT_ENV = "TINYLORA_MPI_TIMEOUT"
+_RANK_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")  # set by MPICH's and Open MPI's mpiexec
+
+
+def launched_by_mpiexec() -> bool:
+    """True when this process is one of several that mpiexec started."""
+    return any(int(os.environ.get(name, "1") or 1) > 1 for name in _RANK_VARIABLES)
+
+
+class SingleProcess:
+    """One rank, no communication: what `current()` is without mpiexec."""
+
+    rank, size, is_writer = 0, 1, True
+    bytes_reduced = 0  # gradient bytes all-reduced so far
+
+    def shard(self, x, y):
+        return x, y
+
+    def average_gradients(self, params, n_kept: int) -> None:
+        pass
+
+    def global_mean(self, value: float, n_kept: int) -> float:
+        return value
+
+    def check_resume(self, saved_size) -> None:
+        """Refuse a checkpoint written by another number of ranks (its batches were split differently)."""
+        if saved_size is not None and saved_size != self.size:
+            raise ValueError(f"this checkpoint was written by {saved_size} MPI rank(s), and this run has {self.size}; "
+                             f"resume it with mpiexec -n {saved_size} (the batches are split by the number of ranks)")
+
+
+class DataParallel(SingleProcess):
+    """N ranks of an MPI communicator training one model together (see the module docstring)."""
+
+    def __init__(self, comm=None, timeout: float | None = None):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.is_writer = self.rank == 0
+        self.timeout = float(os.environ.get(TIMEOUT_ENV, 600)) if timeout is None else timeout
+        self.bytes_reduced = 0
+        self.step = 0  # all-reduces so far (named in a timeout's message)
+
+    def shard(self, x, y):
+        """This rank's rows of the global batch (x, y): host arrays (B, T)."""
+        batch = x.shape[0]
+        if batch % self.size:
+            raise ValueError(f"data-parallel training: the batch size {batch} must be a multiple of the "
+                             f"number of MPI ranks {self.size}")
+        rows = slice(self.rank * batch // self.size, (self.rank + 1) * batch // self.size)
+        return x[rows], y[rows]
+
+    def _all_reduce(self, buffer, what: str):
+        """Sum `buffer` (a host array) over the ranks in place, waiting at most `timeout` seconds."""
+        request = self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+        deadline = time.monotonic() + self.timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                sys.stderr.write(f"tinylora rank {self.rank}: no answer from the other ranks within {self.timeout:.0f} s "
+                                 f"while summing {what} (all-reduce {self.step}); a rank has probably died. "
+                                 f"Stopping every rank ({TIMEOUT_ENV} sets the limit).\n")
+                sys.stderr.flush()
+                self.comm.Abort(1)  # ends this process and every other rank of the job
+            time.sleep(0.0005)
+        self.step += 1
+        return buffer
+
+    def average_gradients(self, params, n_kept: int) -> None:
+        """Replace each trainable p.grad by sum_r (n_r / n) g_r, the gradient of the global batch's mean loss."""
+        counts = self._all_reduce(host.array([float(n_kept)]), "the target counts")
+        grads = [p.grad for p in params if p.grad is not None]
+        if len(grads) != len(params):
+            raise RuntimeError("data-parallel training: some trainable parameters got no gradient on this rank")
+        flat = host.concatenate([to_host(g.data).ravel() for g in grads])  # one message, in the gradients' dtype
+        flat *= flat.dtype.type(n_kept / counts[0])
+        self._all_reduce(flat, "the gradients")
+        self.bytes_reduced += flat.nbytes
+        offset = 0
+        for g in grads:
+            g.data[...] = move(flat[offset : offset + g.size].reshape(g.shape), g.device)
+            offset += g.size
+
+    def global_mean(self, value: float, n_kept: int) -> float:
+        """The mean over the global batch of a per-rank mean `value` over n_kept targets (the loss, for logs)."""
+        pair = self._all_reduce(host.array([value * n_kept, float(n_kept)]), "the losses")
+        return float(pair[0] / pair[1])
+
+
+_current = None
+
+
+def current():
+    """The data-parallel group of this process: DataParallel under mpiexec, else SingleProcess."""
+    global _current
+    if _current is None:
+        if launched_by_mpiexec():
+            try:
+                _current = DataParallel()
+            except ImportError as err:
+                raise RuntimeError("started by mpiexec with several ranks, but mpi4py is not installed: "
+                                   "pip install 'tinylora[mpi]'") from err
+        else:
+            _current = SingleProcess()
+    return _current
