@@ -22,6 +22,7 @@ import math
 
 from tinylora.engine.autograd import no_grad
 from tinylora.model.gpt import KVCache
+from tinylora.nn.module import evaluating
 from tinylora.engine.random import device_rng
 from tinylora.engine.tensor import Tensor
 
@@ -86,7 +87,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
 
-    device = model.wte.weight.device
+    device = model.device
     xp = device.xp
     ids = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
     if ids.dtype.kind not in "iu":
@@ -99,9 +100,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     ids = ids.astype("int64")
 
     block = model.config.block_size
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with evaluating(model):  # eval mode; every module's own mode comes back afterwards
         cache = KVCache() if use_cache else None
         done = xp.zeros(ids.shape[0], dtype=bool)  # (B,): rows that have produced eos_token
         for _ in range(max_new_tokens):
@@ -119,9 +118,6 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
             ids = xp.concatenate([ids, next_ids[:, None]], axis=1)  # (B, T + 1)
             if eos_token is not None and bool(done.all()):
                 break
-    finally:
-        for module, training in modes:
-            module.training = training
     return Tensor(ids[0] if one_row else ids, device=device)
 
 
