@@ -4,128 +4,222 @@
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
     tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
     tinylora generate --model MODEL [--adapter A]   sample text
-    tinylora merge --base MODEL --adapter A --out M W = W0 + BA, saved as a plain model
+    tinylora merge --base MODEL --adapter A --out M W = W0 + (alpha/r) B A, saved as a plain model
     tinylora info --model MODEL [--rank r]          parameter counts
 
-Every subcommand has --help. A bad argument or file is reported in one line
-(`tinylora: error: ...`), not a traceback; set TINYLORA_DEBUG=1 to see the traceback.
+Every subcommand has --help, and every flag there shows its default. A user's
+mistake (a bad value, a missing or malformed file, a folder that holds an
+earlier run, a full disk, a diverged run) is reported in one line,
+`tinylora: error: ...`, with exit code 2; set TINYLORA_DEBUG=1 to see the
+traceback. Anything else is a bug in tinylora: its traceback is shown, then a
+`tinylora: internal error` line, exit code 1. Warnings are one line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
+import traceback
+import warnings
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) or action.default == 0  # 0 is shown
+        if action.option_strings and "default" not in text and shown and action.default is not False:
+            text += f" (default: {action.default})"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, except that a bad argument is reported in one line, like every other error here."""
 
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(2, f"tinylora: error: {message} (see: {self.prog} --help)\n")
 
 
+# ------------------------------------------------------------------ flag values, checked with the flag's name
+def _number(text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _at_least(low: int):
+    def check(text: str) -> int:
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    check.__name__ = f"integer >= {low}"
+    return check
+
+
+def _float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """A finite float in the interval between low and high (inclusive unless *_open; None: unbounded)."""
+    def check(text: str) -> float:
+        value = _number(text, float)
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            left, right = ("(" if low_open else "[") + f"{low}", f"{high}" + (")" if high_open else "]")
+            where = f"in {left}, {right}" if high is not None else f"{'>' if low_open else '>='} {low}"
+            raise argparse.ArgumentTypeError(f"must be {where}, got {text}")
+        return value
+    check.__name__ = "number"
+    return check
+
+
+POSITIVE_INT, COUNT = _at_least(1), _at_least(0)
+POSITIVE, NON_NEGATIVE = _float_in(0.0, None, low_open=True), _float_in(0.0, None)
+FRACTION = _float_in(0.0, 1.0, high_open=True)  # [0, 1): a dropout rate, a validation fraction
+
+
 def _targets(text: str) -> tuple:
-    return tuple(t.strip() for t in text.split(",") if t.strip())
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not targets:
+        raise argparse.ArgumentTypeError(f"expected a comma list such as q,v, got {text!r}")
+    return targets
 
 
 def _layers(text: str):
     if text in ("", "all"):
         return None
-    return [int(t) for t in text.split(",")]
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a comma list of block indices such as 0,1,5, got {text!r}")
 
 
-def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: int) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, steps: int, lr, batch: int) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--max-steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    g.add_argument("--batch-size", type=int, default=batch, help=f"sequences per step (default {batch})")
-    g.add_argument("--lr", type=float, default=lr,
-                   help=f"peak learning rate (default {lr if lr is not None else '2e-3 for lora, 3e-4 for full'})")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (default 0)")
-    g.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
-    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
-    g.add_argument("--eval-every", type=int, default=50, help="validate every N steps (default 50)")
-    g.add_argument("--eval-batches", type=int, default=8, help="validation batches (default 8)")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-steps", type=POSITIVE_INT, default=steps, help="optimizer steps")
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=batch, help="sequences per step")
+    g.add_argument("--lr", type=POSITIVE, default=lr, help="peak learning rate" + (
+        "" if lr is not None else " (default: 3e-2 for lora, 1e-3 for full: measured, see the README)"))
+    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0, help="AdamW decoupled weight decay")
+    g.add_argument("--warmup-steps", type=COUNT, default=0, help="linear warm-up steps")
+    g.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine",
+                   help="learning-rate schedule after the warm-up")
+    g.add_argument("--min-lr-ratio", type=_float_in(0.0, 1.0), default=0.1,
+                   help="the schedule ends at lr * this")
+    g.add_argument("--grad-clip", type=NON_NEGATIVE, default=1.0, help="max global gradient norm (0: off)")
+    g.add_argument("--eval-every", type=POSITIVE_INT, default=50, help="validate every N steps")
+    g.add_argument("--eval-batches", type=POSITIVE_INT, default=8, help="validation batches")
+    g.add_argument("--checkpoint-every", type=COUNT, default=0, help="checkpoint every N steps (0: at the end)")
+    g.add_argument("--seed", type=COUNT, default=0, help="seed of the initialisation, batches and split")
     g.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    g.add_argument("--log-every", type=COUNT, default=0,
+                   help="without a terminal: a progress line every N steps (0: about ten per run)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="if the output folder holds an earlier run, delete what it wrote and start again")
 
 
-def _train_config(args):
+def _train_config(args, lr: float):
     from tinylora.train.loop import TrainConfig
 
     return TrainConfig(
-        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, schedule=args.schedule, grad_clip=args.grad_clip or None,
-        eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, progress=not args.no_progress,
+        max_steps=args.max_steps, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
+        grad_clip=args.grad_clip or None, eval_every=args.eval_every, eval_batches=args.eval_batches,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, progress=not args.no_progress,
+        log_every=args.log_every,
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tinylora import __version__
+
     parser = _Parser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"tinylora {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("demo", help="fine-tune the shipped base twice (full and LoRA) and compare",
                        description="Fine-tune the shipped base model on a data-to-text task, full and LoRA r=4 "
                                    "on q,v, and print one table comparing them. No download.")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per method (default: the demo's)")
-    p.add_argument("--out", default="runs/demo", help="where plots, metrics and files go (default runs/demo)")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, help="fine-tuning steps per method (default: 150)")
+    p.add_argument("--out", default="runs/demo", help="where plots, metrics and files go (replaced on each run)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
 
     p = sub.add_parser("pretrain", help="train a GPT from scratch on text",
                        description="Train a small GPT from scratch on a text file or folder (default: this "
                                    "Python installation's standard-library source, which every machine has).")
-    p.add_argument("--data", default="stdlib", help="text file, folder, or 'stdlib' (default)")
-    p.add_argument("--config", default="mini", help="GPT preset: tiny, mini, gpt2, ... (default mini)")
-    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--data", default="stdlib", help="UTF-8 text file, folder, or 'stdlib'")
+    p.add_argument("--config", default="mini", help="GPT preset: tiny, mini, gpt2, ...")
+    p.add_argument("--block-size", type=POSITIVE_INT, default=256, help="context length T in tokens")
     p.add_argument("--tokenizer", default="byte", help="'byte' or a folder with vocab.json + merges.txt")
-    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--out", required=True, help="model folder to write (an existing one needs --overwrite)")
     p.add_argument("--run-dir", default=None, help="metrics and checkpoints (default: OUT/run)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the run folder's latest checkpoint (with the same training flags)")
+                   help="continue from the run folder's latest checkpoint (refused if a setting differs)")
     _add_train_flags(p, steps=2000, lr=2e-3, batch=16)
 
     p = sub.add_parser("finetune", help="fine-tune a model with LoRA or fully",
                        description="Fine-tune a base model on a text file/folder (language modelling) or on "
-                                   "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref).")
+                                   "prompt/completion pairs (.jsonl with prompt,completion or .csv with mr,ref). "
+                                   "LoRA's default learning rate, 3e-2, is the best of a short sweep on the "
+                                   "demo's task (README, 'Learning rates').")
     p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
-    p.add_argument("--data", required=True, help="text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
-    p.add_argument("--method", choices=("lora", "full"), default="lora")
-    p.add_argument("--rank", type=int, default=4, help="LoRA rank r (default 4)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, scaling 1)")
-    p.add_argument("--targets", type=_targets, default=("q", "v"), help="comma list of q,k,v,o,fc,proj (default q,v)")
-    p.add_argument("--layers", type=_layers, default=None, help="comma list of block indices (default all)")
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--out", default="runs/finetune", help="run folder (default runs/finetune)")
+    p.add_argument("--data", required=True, help="UTF-8 text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
+    p.add_argument("--method", choices=("lora", "full"), default="lora", help="what trains")
+    p.add_argument("--rank", type=POSITIVE_INT, default=None, help="LoRA rank r (default: 4; lora only)")
+    p.add_argument("--alpha", type=POSITIVE, default=None, help="LoRA alpha (default: = rank, scaling 1; lora only)")
+    p.add_argument("--targets", type=_targets, default=None,
+                   help="comma list of q,k,v,o,fc,proj (default: q,v; lora only)")
+    p.add_argument("--layers", type=_layers, default=None, help="comma list of block indices (default: all; lora only)")
+    p.add_argument("--lora-dropout", type=FRACTION, default=None, help="dropout on LoRA's input (default: 0; lora only)")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="share of the data held out (0: none)")
+    p.add_argument("--too-long", choices=("skip", "truncate", "error"), default="skip",
+                   help="pairs longer than the context: leave out, cut the prompt's start, or stop")
+    p.add_argument("--out", default="runs/finetune", help="run folder")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the run folder's latest checkpoint (with the same training flags)")
+                   help="continue from the run folder's latest checkpoint (refused if a setting differs)")
     _add_train_flags(p, steps=200, lr=None, batch=8)
 
-    p = sub.add_parser("generate", help="generate text from a model (and an adapter)")
-    p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
-    p.add_argument("--adapter", default=None, help="adapter folder written by finetune --method lora")
+    p = sub.add_parser("generate", help="generate text from a model (and an adapter)",
+                       description="Continue a prompt with a model, optionally with a LoRA adapter on top. "
+                                   "With the same --seed, a model with its adapter and the merged model sample "
+                                   "the same text.")
+    p.add_argument("--model", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
+    p.add_argument("--adapter", default=None, help="adapter folder written by finetune --method lora (RUN/adapter)")
     p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--max-new-tokens", type=COUNT, default=100, help="tokens to add at most")
+    p.add_argument("--temperature", type=NON_NEGATIVE, default=0.8, help="sampling temperature; 0 means greedy")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=None, help="sample among the k likeliest tokens (default: all)")
+    p.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=None,
+                   help="sample within this cumulative probability (default: 1, off)")
+    p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
 
-    p = sub.add_parser("merge", help="merge an adapter into its base: W = W0 + (alpha/r) B A")
-    p.add_argument("--base", default="base-mini")
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--out", required=True, help="model folder to write")
+    p = sub.add_parser("merge", help="merge an adapter into its base: W = W0 + (alpha/r) B A",
+                       description="Merge a LoRA adapter into its base model, W = W0 + (alpha/r) B A, and save "
+                                   "the result as a plain model folder (no extra inference cost).")
+    p.add_argument("--base", default="base-mini", help="the base model the adapter was trained on")
+    p.add_argument("--adapter", required=True, help="adapter folder written by finetune --method lora (RUN/adapter)")
+    p.add_argument("--out", required=True, help="model folder to write (an existing one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model in --out if there is one")
 
-    p = sub.add_parser("info", help="parameter counts, with or without LoRA")
+    p = sub.add_parser("info", help="parameter counts, with or without LoRA",
+                       description="Count a model's parameters, and what LoRA of rank r on the chosen targets "
+                                   "would train.")
     p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
-    p.add_argument("--rank", type=int, default=None, help="also count LoRA of this rank")
-    p.add_argument("--targets", type=_targets, default=("q", "v"))
+    p.add_argument("--rank", type=POSITIVE_INT, default=None, help="also count LoRA of this rank (default: none)")
+    p.add_argument("--targets", type=_targets, default="q,v", help="comma list of q,k,v,o,fc,proj")
     p.add_argument("--detail", action="store_true", help="one row per module")
     return parser
 
@@ -146,43 +240,82 @@ def corpus_path(data: str) -> str:
     return os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
 
 
+def _refuse_existing_model(out, overwrite: bool, base=None) -> None:
+    """A model folder is replaced only with --overwrite (and never silently when it is the base itself)."""
+    from tinylora.model.load import resolve
+
+    out = os.fspath(out)
+    if overwrite or not os.path.isdir(out):
+        return
+    if base is not None and os.path.realpath(resolve(base)) == os.path.realpath(out):
+        raise FileExistsError(f"--out {out} is the base model itself; merging there would replace it: "
+                              "choose another --out (or --overwrite to replace the base)")
+    held = [n for n in ("config.json", "model.safetensors") if os.path.exists(os.path.join(out, n))]
+    if held:
+        raise FileExistsError(f"--out {out} already holds a model ({', '.join(held)}); choose another folder, "
+                              "or --overwrite to replace it")
+
+
+def _data_digest(path) -> str:
+    """The content hash of the files a --data path stands for (what a resumed run must train on)."""
+    from tinylora.data import text_files
+    from tinylora.io import digest_files
+
+    return digest_files(text_files(path))
+
+
 def cmd_pretrain(args) -> None:
     from tinylora import manual_seed
     from tinylora.data import load_text_dataset
     from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.model.load import save_model
     from tinylora.tokenizers import load_tokenizer
+    from tinylora.train.checkpoint import check_run_dir_free
     from tinylora.train.loop import train
 
+    run_dir = args.run_dir or os.path.join(args.out, "run")
+    _refuse_existing_model(args.out, args.overwrite or args.resume)
+    if not (args.resume or args.overwrite):
+        check_run_dir_free(run_dir)  # before minutes of loading, not after
     manual_seed(args.seed)
     tokenizer = load_tokenizer(args.tokenizer)
-    train_set, val_set = load_text_dataset(corpus_path(args.data), tokenizer, args.block_size, val_fraction=0.05,
-                                           seed=args.seed)
+    data = corpus_path(args.data)
+    train_set, val_set = load_text_dataset(data, tokenizer, args.block_size, val_fraction=0.05, seed=args.seed)
     config = GPTConfig.from_preset(args.config, vocab_size=tokenizer.vocab_size, block_size=args.block_size,
                                    dropout=0.0)
     model = GPT(config, device=args.device)
-    run_dir = args.run_dir or os.path.join(args.out, "run")
+    setup = {"command": "pretrain", "preset": args.config, "block_size": args.block_size,
+             "tokenizer": args.tokenizer, "data": args.data, "data_sha256": _data_digest(data), "val_fraction": 0.05}
     print(f"pretraining a {args.config} GPT ({model.num_parameters():,} parameters) on {len(train_set.tokens):,} tokens")
-    result = train(model, train_set, val_set, _train_config(args), run_dir=run_dir, resume=args.resume)
+    result = train(model, train_set, val_set, _train_config(args, args.lr), run_dir=run_dir, resume=args.resume,
+                   setup=setup, overwrite=args.overwrite)
     save_model(model, args.out, tokenizer, extra={
         "pretrain": {"command": "tinylora " + shlex.join(args.argv), "data": args.data,
                      "val_loss": result.val_loss_after, "python": sys.version.split()[0]}})
-    print(f"validation loss {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}; model written to {args.out}")
+    print(f"{_losses(result)}; model written to {args.out}")
 
 
-def _load_finetune_data(path, tokenizer, block_size, val_fraction, seed):
-    """Pairs (.jsonl / .csv) or running text (anything else), split into train and validation."""
+def _losses(result) -> str:
+    """'validation loss 2.51 -> 1.20', or what there is of it (a resumed or validation-free run)."""
+    if result.val_loss_after is None:
+        return "no validation set (--val-fraction 0, or too little data to hold some out)"
+    before = f"{result.val_loss_before:.4f} -> " if result.val_loss_before is not None else ""
+    return f"validation loss {before}{result.val_loss_after:.4f}"
+
+
+def _load_finetune_data(path, tokenizer, block_size, val_fraction, seed, too_long="skip"):
+    """Pairs (.jsonl / .csv) or running text (anything else), split into train and validation (None if none)."""
     import numpy as np
 
-    from tinylora.data import PairDataset, load_text_dataset, read_pairs
+    from tinylora.data import load_pairs, load_text_dataset
 
     if str(path).endswith((".jsonl", ".csv")):
-        pairs = read_pairs(path)
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        n_val = max(1, int(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
-        val = [pairs[i] for i in order[:n_val]]
-        train = [pairs[i] for i in order[n_val:]]
-        return PairDataset(train, tokenizer, block_size), (PairDataset(val, tokenizer, block_size) if val else None)
+        examples = load_pairs(path, tokenizer, block_size, too_long=too_long)  # named by file line
+        order = np.random.default_rng(seed).permutation(len(examples))
+        n_val = 0 if val_fraction == 0 or len(examples) < 2 else min(max(1, int(len(examples) * val_fraction)),
+                                                                       len(examples) - 1)
+        val = examples.subset(order[:n_val]) if n_val else None
+        return examples.subset(order[n_val:]), val
     return load_text_dataset(path, tokenizer, block_size, val_fraction=val_fraction, seed=seed)
 
 
@@ -196,66 +329,111 @@ def _no_dropout(model) -> None:
             module.p = 0.0
 
 
+LORA_ONLY = ("rank", "alpha", "targets", "layers", "lora_dropout")
+
+
+def _lora_settings(args) -> dict:
+    """The LoRA flags with their defaults filled in; with --method full, a LoRA flag is an error."""
+    given = [f"--{name.replace('_', '-')}" for name in LORA_ONLY if getattr(args, name) is not None]
+    if args.method == "full":
+        if given:
+            raise ValueError(f"{', '.join(given)} configure LoRA; --method full trains every weight and has no "
+                             "rank: drop them, or use --method lora")
+        return {}
+    rank = args.rank or 4
+    return {"rank": rank, "alpha": args.alpha if args.alpha is not None else float(rank),
+            "targets": list(args.targets or ("q", "v")), "layers": args.layers,
+            "lora_dropout": args.lora_dropout or 0.0}
+
+
 def cmd_finetune(args) -> None:
     from tinylora import manual_seed
+    from tinylora.io import digest_tensors
     from tinylora.lora import apply_lora, parameter_report, save_adapter
     from tinylora.model.load import load_model, save_model
-    from tinylora.train.loop import train
+    from tinylora.train.checkpoint import check_run_dir_free
+    from tinylora.train.loop import FULL_LR, LORA_LR, train
 
+    lora = _lora_settings(args)
+    if not (args.resume or args.overwrite):
+        check_run_dir_free(args.out)  # before loading anything
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base, device=args.device)
     _no_dropout(model)
     train_set, val_set = _load_finetune_data(args.data, tokenizer, model.config.block_size, args.val_fraction,
-                                             args.seed)
-    if args.lr is None:
-        args.lr = 2e-3 if args.method == "lora" else 3e-4
-    if args.method == "lora":
-        apply_lora(model, r=args.rank, alpha=args.alpha, targets=args.targets, layers=args.layers,
-                   dropout=args.lora_dropout)
+                                             args.seed, args.too_long)
+    lr = args.lr or (LORA_LR if lora else FULL_LR)
+    setup = {"command": "finetune", "method": args.method, **lora, "base": str(args.base),
+             "base_sha256": digest_tensors(model.state_dict()), "data": str(args.data),
+             "data_sha256": _data_digest(args.data), "val_fraction": args.val_fraction, "too_long": args.too_long}
+    if lora:
+        apply_lora(model, r=lora["rank"], alpha=lora["alpha"], targets=tuple(lora["targets"]), layers=lora["layers"],
+                   dropout=lora["lora_dropout"])
     print(parameter_report(model)["text"].splitlines()[-1])
-    result = train(model, train_set, val_set, _train_config(args), run_dir=args.out, resume=args.resume)
-    if args.method == "lora":
-        save_adapter(model, os.path.join(args.out, "adapter"))
-        written = os.path.join(args.out, "adapter")
+    result = train(model, train_set, val_set, _train_config(args, lr), run_dir=args.out, resume=args.resume,
+                   setup=setup, overwrite=args.overwrite)
+    written = os.path.join(args.out, "adapter" if lora else "model")
+    if lora:
+        save_adapter(model, written)
     else:
-        save_model(model, os.path.join(args.out, "model"), tokenizer)
-        written = os.path.join(args.out, "model")
-    before = f"{result.val_loss_before:.4f} -> " if result.val_loss_before is not None else ""
-    print(f"validation loss {before}{result.val_loss_after:.4f}; median step {result.median_step_time:.3f} s; "
+        save_model(model, written, tokenizer)
+    print(f"{_losses(result)}; median step {result.median_step_time:.3f} s; "
           f"wrote {written}, {os.path.join(args.out, 'loss.png')}")
+
+
+def _adapter_folder(path) -> str:
+    """--adapter's folder; a finetune run folder is answered with the adapter folder inside it."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "adapter_config.json")):
+        if os.path.exists(os.path.join(path, "adapter", "adapter_config.json")):
+            raise FileNotFoundError(f"--adapter {path} is a run folder, not an adapter: "
+                                    f"did you mean --adapter {os.path.join(path, 'adapter')}?")
+        if os.path.exists(os.path.join(path, "model", "config.json")):
+            raise FileNotFoundError(f"--adapter {path} is a full fine-tuning run: its result is a model, "
+                                    f"use --model {os.path.join(path, 'model')}")
+    return path
+
+
+def decode_text(tokenizer, ids) -> str:
+    """Token ids as text, without end-of-text tokens (the start token of an empty prompt, the stop token)."""
+    return tokenizer.decode([int(i) for i in ids if i != tokenizer.eot_id])
 
 
 def cmd_generate(args) -> None:
     from tinylora import manual_seed, tensor
-    from tinylora.model.generate import generate
     from tinylora.lora import load_adapter
+    from tinylora.model.generate import generate
     from tinylora.model.load import load_model
 
-    manual_seed(args.seed)
+    adapter = _adapter_folder(args.adapter) if args.adapter else None
     model, tokenizer = load_model(args.model, device=args.device)
-    if args.adapter:
-        load_adapter(model, args.adapter)
-        manual_seed(args.seed)  # applying LoRA drew A's init: reseed so sampling matches the merged model's
+    if adapter:
+        load_adapter(model, adapter)
     ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
+    # seeded here, after loading: building a model and applying LoRA draw random numbers, and sampling
+    # must start from the same state whether the model came with an adapter or was merged
+    manual_seed(args.seed)
     out = generate(model, tensor([ids], device=args.device), args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token=tokenizer.eot_id)
-    print(tokenizer.decode(out.numpy()[0].tolist()))
+    print(decode_text(tokenizer, out.numpy()[0]))
 
 
 def cmd_merge(args) -> None:
     from tinylora.lora import load_adapter, merge_and_unload
     from tinylora.model.load import load_model, save_model
 
+    _refuse_existing_model(args.out, args.overwrite, base=args.base)
+    adapter = _adapter_folder(args.adapter)
     model, tokenizer = load_model(args.base)
-    load_adapter(model, args.adapter)
+    load_adapter(model, adapter)
     merged = merge_and_unload(model)
     save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(args.base), "adapter": args.adapter}})
     print(f"merged model written to {args.out}")
 
 
 def cmd_info(args) -> None:
-    from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.lora import apply_lora, parameter_report
+    from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.model.load import SHIPPED, load_model
 
     if args.model in SHIPPED or os.path.isdir(args.model):
@@ -275,22 +453,45 @@ def cmd_info(args) -> None:
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
             "merge": cmd_merge, "info": cmd_info}
 
+# what a user's mistake raises (bad values, files, folders, a full disk, a diverged run); anything
+# else (IndexError, AttributeError, ...) is a bug and keeps its traceback
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (an OSError's reason and file, a KeyError without quotes)."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror + (f": {err.filename}" if err.filename and str(err.filename) not in err.strerror else "")
+    else:
+        text = str(err).strip("'\"")
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"tinylora: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line, recorded in what pretrain writes
     try:
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line  # one line each, not Python's two with the source line
+            COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("tinylora: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError, FloatingPointError) as err:
+    except USER_ERRORS as err:
         if os.environ.get("TINYLORA_DEBUG"):
             raise
-        message = " ".join(str(err).strip("'\"").split()) or type(err).__name__  # one line
-        print(f"tinylora: error: {message}", file=sys.stderr)
+        print(f"tinylora: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: show where, then say so in one line
+        traceback.print_exc()
+        print(f"tinylora: internal error (a bug in tinylora; please report it with the traceback above): "
+              f"{one_line(err)}", file=sys.stderr)
+        return 1
     return 0
 
 

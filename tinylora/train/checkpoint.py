@@ -45,15 +45,21 @@ def earlier_run(run_dir) -> list:
                   for p in glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), pattern)))
 
 
-def claim_run_dir(run_dir, overwrite: bool = False) -> None:
-    """Make `run_dir` ready for a new run: refuse one that holds an earlier run, unless `overwrite`,
-    which deletes that run's files (RUN_OUTPUTS) and nothing else."""
+def check_run_dir_free(run_dir) -> None:
+    """Raise FileExistsError if `run_dir` holds an earlier run (saying how to continue or replace it)."""
     found = earlier_run(run_dir)
-    if found and not overwrite:
+    if found:
         shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
         raise FileExistsError(f"{run_dir} holds an earlier run ({shown}); continue it with --resume, "
                               "replace it with --overwrite, or choose another folder")
-    for name in found:
+
+
+def claim_run_dir(run_dir, overwrite: bool = False) -> None:
+    """Make `run_dir` ready for a new run: refuse one that holds an earlier run, unless `overwrite`,
+    which deletes that run's files (RUN_OUTPUTS) and nothing else."""
+    if not overwrite:
+        check_run_dir_free(run_dir)
+    for name in earlier_run(run_dir):
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     os.makedirs(run_dir, exist_ok=True)
