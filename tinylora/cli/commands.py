@@ -478,6 +478,8 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line  # one line each, not Python's two with the source line
+            # NumPy's overflow/NaN warnings: the training loop checks every loss and gradient itself
+            warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
             COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("tinylora: interrupted", file=sys.stderr)

@@ -116,6 +116,7 @@ def _numbered_csv(path) -> tuple[list[dict], list[int]]:
     path = _existing_file(path)
     pairs, lines = [], []
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    start = 1  # the line the current row starts on
     try:
         missing = {"mr", "ref"} - set(reader.fieldnames or [])
         if missing:
@@ -128,7 +129,7 @@ def _numbered_csv(path) -> tuple[list[dict], list[int]]:
             lines.append(start)
             start = reader.line_num + 1
     except csv.Error as err:
-        raise ValueError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from None
+        raise ValueError(f"{path}, line {start}: not valid CSV ({err})") from None
     if not pairs:
         raise ValueError(f"{path} holds no examples")
     return pairs, lines

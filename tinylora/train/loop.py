@@ -245,7 +245,8 @@ def train_step(model, batch, optimizer, scheduler, trainable, config: TrainConfi
     del loss
     grad_norm = clip_grad_norm_(trainable, config.grad_clip or math.inf)  # inf: measure the norm, clip nothing
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-        raise NonFiniteError(f"step {step + 1}: the loss is {loss_value:.4g} and the gradient norm {grad_norm:.4g}")
+        raise NonFiniteError(f"step {step + 1}: the loss is {loss_value:.4g} and the gradient norm {grad_norm:.4g}, "
+                             "so the step was not applied")
     lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
     optimizer.step()
     scheduler.step()
@@ -259,7 +260,8 @@ def validate(model, batches, step: int) -> float:
     """evaluate(), refusing a NaN/inf validation loss (the weights after `step` are no longer usable)."""
     loss = evaluate(model, batches)
     if not math.isfinite(loss):
-        raise NonFiniteError(f"after step {step} the validation loss is {loss}")
+        raise NonFiniteError(f"after step {step} the validation loss is {loss} (the weights overflowed), "
+                             "so nothing was saved")
     return loss
 
 
@@ -268,7 +270,7 @@ def _stopped(err: NonFiniteError, run_dir, config: TrainConfig) -> NonFiniteErro
     latest = ckpt.latest_checkpoint(run_dir) if run_dir else None
     kept = (f"{latest} (named by latest.json) holds the last finite weights" if latest
             else "no checkpoint was written")
-    return NonFiniteError(f"training stopped: {err}, so it was not applied; {kept}. Try a smaller learning rate "
+    return NonFiniteError(f"training stopped: {err}; {kept}. Try a smaller learning rate "
                           f"(--lr, now {config.lr:g}), a warm-up (--warmup-steps) or gradient clipping (--grad-clip)")
 
 
@@ -354,8 +356,11 @@ class _MetricsLog:
     def write(self, row: dict) -> None:
         if self.path:
             clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(clean, allow_nan=False) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(clean, allow_nan=False) + "\n")
+            except OSError as err:  # a full disk: say which file, in one line
+                raise OSError(err.errno, f"cannot write {self.path}: {err.strerror}") from err
 
 
 def _step_of(line: str) -> float:
