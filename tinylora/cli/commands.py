@@ -256,6 +256,17 @@ def _refuse_existing_model(out, overwrite: bool, base=None) -> None:
                               "or --overwrite to replace it")
 
 
+def _check_run_flags(args, run_dir) -> None:
+    """--resume and --overwrite exclude each other; without either, a folder holding a run is refused now,
+    before minutes of loading rather than after."""
+    from tinylora.train.checkpoint import check_run_dir_free
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in the folder and --overwrite deletes it: choose one")
+    if not (args.resume or args.overwrite):
+        check_run_dir_free(run_dir)
+
+
 def _data_digest(path) -> str:
     """The content hash of the files a --data path stands for (what a resumed run must train on)."""
     from tinylora.data import text_files
@@ -270,13 +281,11 @@ def cmd_pretrain(args) -> None:
     from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.model.load import save_model
     from tinylora.tokenizers import load_tokenizer
-    from tinylora.train.checkpoint import check_run_dir_free
     from tinylora.train.loop import train
 
     run_dir = args.run_dir or os.path.join(args.out, "run")
+    _check_run_flags(args, run_dir)
     _refuse_existing_model(args.out, args.overwrite or args.resume)
-    if not (args.resume or args.overwrite):
-        check_run_dir_free(run_dir)  # before minutes of loading, not after
     manual_seed(args.seed)
     tokenizer = load_tokenizer(args.tokenizer)
     data = corpus_path(args.data)
@@ -351,12 +360,10 @@ def cmd_finetune(args) -> None:
     from tinylora.io import digest_tensors
     from tinylora.lora import apply_lora, parameter_report, save_adapter
     from tinylora.model.load import load_model, save_model
-    from tinylora.train.checkpoint import check_run_dir_free
     from tinylora.train.loop import FULL_LR, LORA_LR, train
 
     lora = _lora_settings(args)
-    if not (args.resume or args.overwrite):
-        check_run_dir_free(args.out)  # before loading anything
+    _check_run_flags(args, args.out)
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base, device=args.device)
     _no_dropout(model)

@@ -173,7 +173,7 @@ def check_same_run(saved: dict | None, record: dict, where) -> None:
     """
     if not saved:
         return  # a checkpoint written outside train(): nothing to compare
-    saved_config = saved.get("config", saved if "setup" not in saved else {})
+    saved_config = saved.get("config", {})
     differ = [(f, saved_config[f], record["config"][f]) for f in SAME_RUN_FIELDS
               if f in saved_config and saved_config[f] != record["config"][f]]
     if "setup" in saved:
@@ -221,7 +221,8 @@ def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, 
         return 0
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest:
-        check_same_run(read_json(os.path.join(latest, "state.json"))["extra"].get("run"), record, latest)
+        extra = read_json(os.path.join(latest, "state.json"))["extra"]
+        check_same_run(extra.get("run", extra), record, latest)  # checkpoints before run.json kept {"config"}
         return ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
     ckpt.claim_run_dir(run_dir, overwrite=overwrite or resume)
     write_json_atomic(os.path.join(run_dir, ckpt.RUN_RECORD), record)
