@@ -26,7 +26,6 @@ from tinylora.cli import main
 from tinylora.data import PairDataset, load_pairs, load_text_dataset, read_documents, read_pairs, write_e2e
 from tinylora.io import NonFiniteError, load_tensors, read_json, remove_stale_temps, save_tensors
 from tinylora.lora import apply_lora, lora_layers
-from tinylora.model.load import load_model
 from tinylora.tokenizers import ByteTokenizer
 from tinylora.train import checkpoint as ckpt
 from tinylora.train import loop as tl_train

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=_targets, default=None,
                    help="comma list of q,k,v,o,fc,proj (default: q,v; lora only)")
     p.add_argument("--layers", type=_layers, default=None, help="comma list of block indices (default: all; lora only)")
-    p.add_argument("--lora-dropout", type=FRACTION, default=None, help="dropout on LoRA's input (default: 0; lora only)")
+    p.add_argument("--lora-dropout", type=FRACTION, default=None,
+                   help="dropout on LoRA's input (default: 0; lora only)")
     p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="share of the data held out (0: none)")
     p.add_argument("--too-long", choices=("skip", "truncate", "error"), default="skip",
                    help="pairs longer than the context: leave out, cut the prompt's start, or stop")
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=COUNT, default=100, help="tokens to add at most")
     p.add_argument("--temperature", type=NON_NEGATIVE, default=0.8, help="sampling temperature; 0 means greedy")
-    p.add_argument("--top-k", type=POSITIVE_INT, default=None, help="sample among the k likeliest tokens (default: all)")
+    p.add_argument("--top-k", type=POSITIVE_INT, default=None,
+                   help="sample among the k likeliest tokens (default: all)")
     p.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=None,
                    help="sample within this cumulative probability (default: 1, off)")
     p.add_argument("--seed", type=COUNT, default=0, help="sampling seed")
@@ -295,7 +297,8 @@ def cmd_pretrain(args) -> None:
     model = GPT(config, device=args.device)
     setup = {"command": "pretrain", "preset": args.config, "block_size": args.block_size,
              "tokenizer": args.tokenizer, "data": args.data, "data_sha256": _data_digest(data), "val_fraction": 0.05}
-    print(f"pretraining a {args.config} GPT ({model.num_parameters():,} parameters) on {len(train_set.tokens):,} tokens")
+    print(f"pretraining a {args.config} GPT ({model.num_parameters():,} parameters) "
+          f"on {len(train_set.tokens):,} tokens")
     result = train(model, train_set, val_set, _train_config(args, args.lr), run_dir=run_dir, resume=args.resume,
                    setup=setup, overwrite=args.overwrite)
     save_model(model, args.out, tokenizer, extra={

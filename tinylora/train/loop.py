@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -75,15 +76,14 @@ class TrainConfig:
         wrong += [f"{name} must be an integer >= 0, got {getattr(self, name)!r}"
                   for name in ("warmup_steps", "checkpoint_every", "log_every", "seed")
                   if not _is_int(getattr(self, name)) or getattr(self, name) < 0]
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
             wrong.append(f"lr must be a positive finite number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
-                and self.weight_decay >= 0):
+        if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             wrong.append(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1):
+        if not (_is_real(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
             wrong.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float))
-                                               and math.isfinite(self.grad_clip) and self.grad_clip > 0):
+        if self.grad_clip is not None and not (_is_real(self.grad_clip) and math.isfinite(self.grad_clip)
+                                               and self.grad_clip > 0):
             wrong.append(f"grad_clip must be a positive finite number or None, got {self.grad_clip!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             wrong.append(f"schedule must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
@@ -92,7 +92,11 @@ class TrainConfig:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass
