@@ -6,6 +6,9 @@
     tinylora generate --model MODEL [--adapter A]   sample text
     tinylora merge --base MODEL --adapter A --out M W = W0 + (alpha/r) B A, saved as a plain model
     tinylora info --model MODEL [--rank r]          parameter counts
+    tinylora analyze [--out DIR]                    the paper's rank analyses (φ, Table 7, rank sweep)
+    tinylora serve --requests FILE --adapter N=DIR  batch generation, many adapters in one batch
+    tinylora download gpt2 --out DIR                a Hugging Face GPT-2 folder (needs huggingface_hub)
 
 Every subcommand has --help, and every flag there shows its default. A user's
 mistake (a bad value, a missing or malformed file, a folder that holds an
@@ -196,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Continue a prompt with a model, optionally with a LoRA adapter on top. "
                                    "With the same --seed, a model with its adapter and the merged model sample "
                                    "the same text.")
-    p.add_argument("--model", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
+    p.add_argument("--model", default=None,
+                   help="model folder or 'base-mini' (default: the base the adapter records, else base-mini)")
     p.add_argument("--adapter", default=None, help="adapter folder written by finetune --method lora (RUN/adapter)")
+    p.add_argument("--force", action="store_true",
+                   help="use the adapter even on a base whose weights differ from the one it was trained on")
     p.add_argument("--prompt", default="", help="text to continue")
     p.add_argument("--max-new-tokens", type=COUNT, default=100, help="tokens to add at most")
     p.add_argument("--temperature", type=NON_NEGATIVE, default=0.8, help="sampling temperature; 0 means greedy")
@@ -211,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="merge an adapter into its base: W = W0 + (alpha/r) B A",
                        description="Merge a LoRA adapter into its base model, W = W0 + (alpha/r) B A, and save "
                                    "the result as a plain model folder (no extra inference cost).")
-    p.add_argument("--base", default="base-mini", help="the base model the adapter was trained on")
+    p.add_argument("--base", default=None, help="model folder or 'base-mini' (default: the base the adapter records)")
     p.add_argument("--adapter", required=True, help="adapter folder written by finetune --method lora (RUN/adapter)")
     p.add_argument("--out", required=True, help="model folder to write (an existing one needs --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the model in --out if there is one")
+    p.add_argument("--force", action="store_true",
+                   help="merge even into a base whose weights differ from the one the adapter was trained on")
 
     p = sub.add_parser("info", help="parameter counts, with or without LoRA",
                        description="Count a model's parameters, and what LoRA of rank r on the chosen targets "
@@ -222,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
     p.add_argument("--rank", type=POSITIVE_INT, default=None, help="also count LoRA of this rank (default: none)")
     p.add_argument("--targets", type=_targets, default="q,v", help="comma list of q,k,v,o,fc,proj")
-    p.add_argument("--detail", action="store_true", help="one row per module")
+    p.add_argument("--detail", action="store_true", help="one row per module (builds a preset's model)")
+    p.add_argument("--adapter", default=None, help="describe this adapter folder instead (its settings, size, base)")
+
+    from tinylora.cli import analyze, download, serve
+
+    for module in (analyze, serve, download):
+        module.add_parser(sub)
     return parser
 
 
@@ -336,6 +350,7 @@ def _no_dropout(model) -> None:
     from tinylora import nn
 
     model.config.dropout = 0.0  # so a saved model's config says what its modules do
+    model.config.embd_dropout = model.config.attn_dropout = model.config.resid_dropout = None  # all = dropout
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -416,9 +431,9 @@ def cmd_generate(args) -> None:
     from tinylora.model.load import load_model
 
     adapter = _adapter_folder(args.adapter) if args.adapter else None
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(_base_of(adapter, args.model), device=args.device)
     if adapter:
-        load_adapter(model, adapter)
+        load_adapter(model, adapter, force=args.force)
     ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
     # seeded here, after loading: building a model and applying LoRA draw random numbers, and sampling
     # must start from the same state whether the model came with an adapter or was merged
@@ -432,20 +447,57 @@ def cmd_merge(args) -> None:
     from tinylora.lora import load_adapter, merge_and_unload
     from tinylora.model.load import load_model, save_model
 
-    _refuse_existing_model(args.out, args.overwrite, base=args.base)
     adapter = _adapter_folder(args.adapter)
-    model, tokenizer = load_model(args.base)
-    load_adapter(model, adapter)
-    merged = merge_and_unload(model)
-    save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(args.base), "adapter": args.adapter}})
+    base = _base_of(adapter, args.base)
+    _refuse_existing_model(args.out, args.overwrite, base=base)
+    model, tokenizer = load_model(base)
+    load_adapter(model, adapter, force=args.force)
+    merged = merge_and_unload(model)  # safe: refuses a non-finite ΔW, naming the layer, before W0 changes
+    save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(base), "adapter": args.adapter}})
     print(f"merged model written to {args.out}")
+
+
+def _base_of(adapter, given):
+    """The base model to load: --base/--model as given, else the one the adapter records, else base-mini."""
+    if given is not None:
+        return given
+    if adapter:
+        from tinylora.lora.adapter_io import read_adapter_config
+
+        recorded = read_adapter_config(adapter).get("base")
+        if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
+            return recorded["name"]
+    return "base-mini"
+
+
+def _describe_adapter(path) -> str:
+    """One line about an adapter folder: where LoRA sits, its size, its base."""
+    from tinylora.io import tensor_shapes
+    from tinylora.lora.adapter_io import TENSOR_FILE, read_adapter_config
+
+    config = read_adapter_config(path)
+    if not isinstance(config, dict) or not isinstance(config.get("modules"), dict):
+        raise ValueError(f"{path}: adapter_config.json has no 'modules' object; not a tinylora adapter")
+    shapes = tensor_shapes(os.path.join(path, TENSOR_FILE))
+    size = sum(math.prod(shape) for _, shape in shapes.values())
+    base = config.get("base") if isinstance(config.get("base"), dict) else {}
+    digest = base.get("weights_sha256") or "not recorded"
+    layers = "all blocks" if config.get("layers") is None else f"blocks {config['layers']}"
+    return (f"adapter {path}: LoRA r={config.get('r')}, alpha={config.get('alpha')} on "
+            f"{','.join(map(str, config.get('targets') or []))} of {layers} ({len(config['modules'])} layers), "
+            f"bias {config.get('bias')}; {size:,} parameters in {len(shapes)} tensors; base "
+            f"{base.get('name')!r} (weights sha256 {digest[:16]})")
 
 
 def cmd_info(args) -> None:
     from tinylora.lora import apply_lora, parameter_report
+    from tinylora.lora.apply import count_line, lora_parameter_count
     from tinylora.model.gpt import GPT, GPTConfig
     from tinylora.model.load import SHIPPED, load_model
 
+    if args.adapter:
+        print(_describe_adapter(args.adapter))
+        return
     if args.model in SHIPPED or os.path.isdir(args.model):
         model, _ = load_model(args.model)
     else:
@@ -453,6 +505,11 @@ def cmd_info(args) -> None:
             config = GPTConfig.from_preset(args.model)
         except ValueError as err:
             raise FileNotFoundError(f"--model {args.model} is not a model folder, nor a preset: {err}") from None
+        if not args.detail:  # counted from the sizes: no need to build (and randomly initialise) the model
+            total = config.num_parameters()
+            lora = lora_parameter_count(config, args.rank, args.targets) if args.rank else 0
+            print(count_line(lora, total + lora, lora) if args.rank else count_line(total, total, 0))
+            return
         model = GPT(config)
     if args.rank:
         apply_lora(model, r=args.rank, targets=args.targets)
@@ -460,8 +517,18 @@ def cmd_info(args) -> None:
     print(report["text"] if args.detail else report["text"].splitlines()[-1])
 
 
+def _run(name: str):
+    """The `run(args)` of tinylora/cli/<name>.py, imported when the command runs."""
+    def command(args):
+        import importlib
+
+        importlib.import_module(f"tinylora.cli.{name}").run(args)
+    return command
+
+
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "finetune": cmd_finetune, "generate": cmd_generate,
-            "merge": cmd_merge, "info": cmd_info}
+            "merge": cmd_merge, "info": cmd_info, "analyze": _run("analyze"), "serve": _run("serve"),
+            "download": _run("download")}
 
 # what a user's mistake raises (bad values, files, folders, a full disk, a diverged run); anything
 # else (IndexError, AttributeError, ...) is a bug and keeps its traceback

@@ -23,7 +23,7 @@ from tinylora import nn
 from tinylora.lora.layer import LoRALinear
 
 TARGETS = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "fc": "mlp", "proj": "mlp"}  # name -> parent module
-_TIED = ("wte", "lm_head", "head", "wpe")
+_NOT_LINEAR = ("wte", "wpe", "lm_head", "head")  # names users try: embeddings, and the LM head (tied to wte)
 BIAS_MODES = ("none", "all", "lora_only")
 
 
@@ -41,7 +41,7 @@ def _check_targets(targets) -> tuple:
     if not targets:
         raise ValueError(f"apply_lora: targets is empty; choose from {tuple(TARGETS)}")
     for t in targets:
-        if t in _TIED:
+        if t in _NOT_LINEAR:
             raise ValueError(
                 f"apply_lora: '{t}' cannot be a LoRA target: the embeddings (wte, wpe) are lookups, not "
                 f"Linear layers, and the LM head is tied to wte; choose from {tuple(TARGETS)}"
@@ -74,21 +74,84 @@ def apply_lora(model, r: int = 8, alpha: float | None = None, targets=("q", "v")
         dropout, init: passed to every LoRALinear.
 
     Afterwards only lora_A and lora_B require grad (`mark_only_lora_as_trainable(model, "none")`);
-    call that function again for another bias mode. The model is changed in place.
+    call that function again for another bias mode. The model is changed in place, all or
+    nothing: if any layer is refused (a rank too large for it, a layer that has LoRA already),
+    the model is left exactly as it was.
     """
     targets = _check_targets(targets)
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise TypeError(f"apply_lora: expected a GPT with .blocks, got {type(model).__name__}")
-    for i in _check_layers(layers, len(blocks)):
-        for t in targets:
+    places = [(i, t) for i in _check_layers(layers, len(blocks)) for t in targets]
+    for i, t in places:
+        if isinstance(getattr(getattr(blocks[i], TARGETS[t]), t), LoRALinear):
+            raise ValueError(f"apply_lora: blocks.{i}.{TARGETS[t]}.{t} already has LoRA; LoRA is not stacked")
+    with all_or_nothing(model):
+        for i, t in places:
             parent = getattr(blocks[i], TARGETS[t])
-            linear = getattr(parent, t)
-            if isinstance(linear, LoRALinear):
-                raise ValueError(f"apply_lora: blocks.{i}.{TARGETS[t]}.{t} already has LoRA; LoRA is not stacked")
-            setattr(parent, t, LoRALinear(linear, r, alpha=alpha, dropout=dropout, init=init))
-    mark_only_lora_as_trainable(model, bias="none")
+            setattr(parent, t, LoRALinear(getattr(parent, t), r, alpha=alpha, dropout=dropout, init=init))
+        mark_only_lora_as_trainable(model, bias="none")
     return model
+
+
+@contextlib.contextmanager
+def all_or_nothing(model, overwritten=()):
+    """`with all_or_nothing(model, params):` if the body raises, undo what it did to `model`, then re-raise.
+
+    Undone: LoRA layers the body added (their base Linear goes back in place), every
+    parameter's requires_grad and .grad, and the values of the Parameters in
+    `overwritten` (copied before the body runs, so pass only those it writes).
+    """
+    before = {name for name, _ in lora_layers(model)}
+    flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    saved = [(p, p.data.copy()) for p in overwritten]
+    try:
+        yield model
+    except BaseException:
+        for name, layer in list(lora_layers(model)):
+            if name not in before:
+                _replace(model, name, layer.base)
+        for p, requires_grad, grad in flags:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+        for p, data in saved:
+            p.data[...] = data
+        raise
+
+
+def _replace(model, name: str, module) -> None:
+    """Put `module` at dotted path `name` of `model`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def base_named_parameters(model):
+    """Yield (name, Parameter) of the base model inside `model`: every parameter except LoRA's own.
+
+    Names are those the model has without LoRA ("blocks.0.attn.q.weight", not
+    "blocks.0.attn.q.base.weight"): a LoRALinear is asked for its `base` by type,
+    and the parameters a LoRA layer owns itself (A, B, and whatever a variant adds)
+    are skipped. With merged layers, a base weight holds W0 + ΔW.
+    """
+    lora_at = {id(layer.base): name for name, layer in lora_layers(model)}  # base Linear -> the LoRA layer's name
+    seen = set()
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            continue  # its own parameters are LoRA's; its base is visited as a child
+        name = lora_at.get(id(module), name)
+        for key, p in module._parameters.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield (f"{name}.{key}" if name else key), p
+
+
+def lora_parameter_count(config, r: int, targets=("q", "v"), layers=None) -> int:
+    """|Θ| = Σ r (d + k) over the adapted Linears of a GPT with `config`, without building it."""
+    c = config.n_embd
+    sizes = {"q": (c, c), "k": (c, c), "v": (c, c), "o": (c, c), "fc": (4 * c, c), "proj": (c, 4 * c)}  # (d, k)
+    n_blocks = len(_check_layers(layers, config.n_layer))
+    return n_blocks * sum(r * sum(sizes[t]) for t in _check_targets(targets))
 
 
 def _bias_params(model, bias: str) -> list:
@@ -131,10 +194,33 @@ def lora_state_dict(model, bias: str = "none") -> "OrderedDict[str, object]":
     return OrderedDict((name, p.data) for name, p in model.named_parameters() if id(p) in keep)
 
 
+def _check_mergeable(model) -> list:
+    """Every LoRA layer, after checking that each ΔW is finite (naming the first that is not)."""
+    layers = list(lora_layers(model))
+    for name, layer in layers:
+        if not layer.merged:
+            delta = layer.delta_weight()
+            if not bool(layer.base.weight.device.xp.isfinite(delta).all()):
+                raise ValueError(f"merge: LoRA layer '{name}' has a non-finite ΔW = (α/r) B A (NaN or inf in "
+                                 "lora_A or lora_B); nothing was merged and every W0 is unchanged")
+    return layers
+
+
+def _merge(name: str, layer) -> None:
+    try:
+        layer.merge()  # safe: W0 + ΔW is computed aside and checked before W0 changes
+    except ValueError as err:
+        raise ValueError(f"merge: LoRA layer '{name}': {err}") from None
+
+
 def merge_lora(model):
-    """Merge every LoRA layer: W0 <- W0 + (α/r) B A (idempotent). Returns `model`."""
-    for _, layer in lora_layers(model):
-        layer.merge()
+    """Merge every LoRA layer: W0 <- W0 + (α/r) B A (idempotent). Returns `model`.
+
+    Safe, as PEFT's `safe_merge`: every ΔW is checked for NaN and inf before
+    any W0 changes, and a refused merge names the layer.
+    """
+    for name, layer in _check_mergeable(model):
+        _merge(name, layer)
     return model
 
 
@@ -150,14 +236,13 @@ def merge_and_unload(model):
 
     The result is an ordinary GPT (no lora_A / lora_B), what deployment needs:
     inference then costs exactly what the base model costs. Changes `model` in
-    place and returns it; merged weights stay frozen as they were.
+    place and returns it; merged weights stay frozen as they were. Safe as
+    `merge_lora`: a non-finite ΔW is refused, naming the layer, before anything changes.
     """
-    for name, layer in list(lora_layers(model)):
+    for name, layer in _check_mergeable(model):
         layer.enable()
-        layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.base)
+        _merge(name, layer)
+        _replace(model, name, layer.base)
     return model
 
 
@@ -219,6 +304,12 @@ def parameter_report(model) -> dict:
     width = max([len(row["name"]) for row in rows] + [6])
     lines = [f"{'module':<{width}}  {'type':<12}  {'params':>13}  {'trainable':>13}"]
     lines += [f"{row['name']:<{width}}  {row['type']:<12}  {row['params']:>13,}  {row['trainable']:>13,}" for row in rows]
-    lines.append(f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B")
+    lines.append(count_line(trainable, total, lora))
     return {"total": total, "trainable": trainable, "lora": lora, "percent_trainable": percent,
             "rows": rows, "text": "\n".join(lines)}
+
+
+def count_line(trainable: int, total: int, lora: int) -> str:
+    """The one-line summary of `parameter_report` (also what `tinylora info` prints)."""
+    percent = 100.0 * trainable / total if total else 0.0
+    return f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B"

@@ -53,7 +53,9 @@ class LoRALinear(nn.Module):
                                initialization for A"), with PEFT's choice of std 1/r.
 
     Attributes: base, lora_A (r, k), lora_B (d, r), r, alpha, scaling = alpha / r,
-    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone).
+    merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone);
+    for several named adapters (tinylora/lora/adapters.py, mixed.py): adapter_name (the one
+    lora_A / lora_B hold), stored_adapters (the others), per_example (set during a mixed batch).
 
     Merging (`merge()`, `unmerge()`) is explicit and idempotent; see their docstrings.
     Disabling a merged layer unmerges it first, so that `enabled=False` always means
@@ -93,6 +95,11 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(zeros(d, r, device=device, dtype=dtype))  # (d, r), zero: ΔW = 0 at init
         self.merged = False  # is ΔW currently added into base.weight?
         self.enabled = True  # False: forward is the base layer alone
+        # Several named adapters (tinylora/lora/adapters.py): lora_A, lora_B, r, alpha, scaling
+        # always describe the active one, called `adapter_name`; the others wait in `stored_adapters`.
+        self.adapter_name = "default"
+        self.stored_adapters = {}  # name -> AdapterState, not registered: only the active adapter trains
+        self.per_example = None  # set while a batch mixes adapters (tinylora/lora/mixed.py): x -> each row's ΔW x
         self.reset_lora_parameters()
         self.train(base.training)  # a model in eval mode stays in eval mode (LoRA dropout off)
 
@@ -118,6 +125,8 @@ class LoRALinear(nn.Module):
         h = self.base(x)  # (..., d): W0 x + b (W0 already holds ΔW when merged)
         if self.merged or not self.enabled:
             return h
+        if self.per_example is not None:  # a mixed-adapter batch: row b gets its own (α_b/r_b) B_b A_b x_b
+            return h + self.per_example(x)
         z = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r): A x
         return h + F.linear(z * self.scaling, self.lora_B)  # (..., d): + (α/r) B A x, scaled in r dims (cheaper)
 
@@ -126,17 +135,30 @@ class LoRALinear(nn.Module):
         """ΔW = (α/r) B A as a raw array (d, k), on the weights' device; no graph."""
         return (self.lora_B.data @ self.lora_A.data) * self.scaling
 
-    def merge(self) -> "LoRALinear":
-        """W0 <- W0 + (α/r) B A, in place, so forward costs one matmul. Does nothing if already merged.
+    def merge(self, safe: bool = True) -> "LoRALinear":
+        """W0 <- W0 + (α/r) B A, so forward costs one matmul. Does nothing if already merged.
+
+        safe=True (the default, PEFT's `safe_merge`): W0 + ΔW is computed aside and checked
+        first; if any entry is NaN or inf, a ValueError is raised and W0 is left untouched.
+        safe=False adds ΔW into W0 in place (no extra d×k buffer, no check).
 
         For inference: while merged, forward is base(x) alone, so A and B get no gradient.
         Rounding: W0 + ΔW - ΔW is W0 only up to float rounding (about 1e-7 relative in float32).
         """
         if not self.enabled:
             raise RuntimeError("LoRALinear: cannot merge a disabled adapter; call enable() first")
-        if not self.merged:
+        if self.merged:
+            return self
+        if not safe:
             self.base.weight.data += self.delta_weight()
-            self.merged = True
+        else:
+            merged = self.base.weight.data + self.delta_weight()  # (d, k), aside: W0 is not touched yet
+            bad = int((~self.base.weight.device.xp.isfinite(merged)).sum())
+            if bad:
+                raise ValueError(f"LoRALinear.merge: W0 + ΔW has {bad} non-finite entries (NaN or inf) of "
+                                 f"{merged.size}; the adapter's A or B is broken; W0 was left unchanged")
+            self.base.weight.data[...] = merged
+        self.merged = True
         return self
 
     def unmerge(self) -> "LoRALinear":

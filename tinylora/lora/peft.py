@@ -25,9 +25,17 @@ Export, exactly: LoRA on q and v, each of rank r, is one c_attn LoRA of rank 2r,
     B' A' x = [B_q A_q x; 0; B_v A_v x]               with lora_alpha' = 2α, so α'/r' = α/r.
 
 (Any subset of q, k, v works the same way.) LoRA on o, fc, proj maps one to one.
+When q, k and v hold bitwise-equal A (as right after `import_peft`), the export
+keeps one A: A' = A (R, C), B' = [B_q; B_k; B_v] (3C, R), rank R, not 3R.
+
 Import, exactly: a c_attn LoRA (A, B) of rank R becomes LoRA on q, k and v, each
-of rank R with the same A and B_q, B_k, B_v the three row blocks of B, since
-row block t of B A x is B_t A x.
+of rank R, with B_q, B_k, B_v the three row blocks of B (row block t of B A x is
+B_t A x) and each with its own copy of A. The copies are equal at import, so the
+function is PEFT's exactly, and exporting again gives back the rank-R c_attn
+LoRA. They are three Parameters, not one: training after the import updates each
+copy by its own gradient, so they drift apart (the model is then a q, k, v LoRA
+with three A, of total rank up to 3R), and an export after that is the exact
+rank-3R c_attn LoRA above.
 
 This is host-side file code: A and B are copied to NumPy arrays.
 """
@@ -41,9 +49,9 @@ import re
 import numpy as np
 
 from tinylora.engine.backend import move, to_host
-from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora.adapter_io import _LORA_NAME
-from tinylora.lora.apply import TARGETS, apply_lora, lora_layers
+from tinylora.lora.apply import TARGETS, _bias_params, all_or_nothing, apply_lora, lora_layers
 
 CONFIG_FILE, TENSOR_FILE = "adapter_config.json", "adapter_model.safetensors"
 HF_MODULE = {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
@@ -64,18 +72,21 @@ def _fuse(parts: list, C: int) -> tuple:
 
     Each part t keeps its own scaling s_t = α_t / r_t: B' carries B_t · s_t / s_0
     (a factor of exactly 1 when all parts share r and α), and α' = α_0 R / r_0
-    gives PEFT the scaling s_0 = α'/R.
+    gives PEFT the scaling s_0 = α'/R. If every part's A is the same array, A' is
+    that A and R = r_0 (the B_t share its columns); else A' stacks them, R = Σ r_t.
     """
     parts = sorted(parts, key=lambda part: FUSED.index(part[0]))
     first = parts[0][1]
-    R = sum(layer.r for _, layer in parts)
-    A = np.concatenate([to_host(layer.lora_A.data) for _, layer in parts])  # (R, C)
+    As = [to_host(layer.lora_A.data) for _, layer in parts]
+    one_A = all(a.shape == As[0].shape and np.array_equal(a, As[0]) for a in As)  # e.g. just imported
+    R = first.r if one_A else sum(layer.r for _, layer in parts)
+    A = As[0] if one_A else np.concatenate(As)  # (R, C)
     B = np.zeros((3 * C, R), dtype=A.dtype)  # (3C, R): rows of k stay 0 if k has no LoRA
     col = 0
     for target, layer in parts:
         row = FUSED.index(target) * C
         B[row:row + C, col:col + layer.r] = to_host(layer.lora_B.data) * (layer.scaling / first.scaling)
-        col += layer.r
+        col += 0 if one_A else layer.r
     return A, B, first.alpha * R / first.r
 
 
@@ -83,7 +94,7 @@ def export_peft(model, path) -> None:
     """Write `model`'s LoRA as a PEFT adapter that `peft.PeftModel.from_pretrained` loads onto HF's GPT-2.
 
     The HF model must hold the same base weights (e.g. the directory the GPT
-    came from, or one written by `tinylora.hf.save_gpt2`). Only A and B are
+    came from, or one written by `tinylora.model.hf_gpt2.save_gpt2`). Only A and B are
     exported: a model whose biases train is refused (save_adapter keeps them).
     """
     C = model.config.n_embd
@@ -96,10 +107,11 @@ def export_peft(model, path) -> None:
         groups.setdefault((i, HF_MODULE[target]), []).append((target, layer))
     if not groups:
         raise ValueError("export_peft: the model has no LoRA layers (call apply_lora first)")
-    biases = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")]
+    trained = {id(p) for p in _bias_params(model, "all") if p.requires_grad}
+    biases = [n for n, p in model.named_parameters() if id(p) in trained]
     if biases:
         raise ValueError(f"export_peft: biases train ({biases[:3]}...), but only A and B are exported; use "
-                         "save_adapter, or merge_lora and tinylora.hf.save_gpt2 for a full model")
+                         "save_adapter, or merge_lora and tinylora.model.hf_gpt2.save_gpt2 for a full model")
     dropouts = {layer.lora_dropout.p for parts in groups.values() for _, layer in parts}
     if len(dropouts) > 1:
         raise ValueError(f"export_peft: LoRA layers use different dropouts {sorted(dropouts)}; PEFT has one")
@@ -155,8 +167,19 @@ def _read_peft(path) -> tuple:
     path = os.fspath(path)
     config_path, tensor_path = os.path.join(path, CONFIG_FILE), os.path.join(path, TENSOR_FILE)
     config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise FileFormatError(f"{config_path}: expected a JSON object, got a {type(config).__name__}")
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type is {config.get('peft_type')!r}; import_peft reads LoRA adapters only")
+    r, dropout = config.get("r", 8), config.get("lora_dropout", 0.0)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise FileFormatError(f"{config_path}: 'r' must be a positive int, got {r!r}")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
+        raise FileFormatError(f"{config_path}: 'lora_dropout' must be a number in [0, 1), got {dropout!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key) and not isinstance(config[key], dict):
+            raise FileFormatError(f"{config_path}: '{key}' must be an object {{module pattern: value}}, "
+                                  f"got {config[key]!r}")
     unsupported = [k for k in ("use_dora", "lora_bias") if config.get(k)]
     if unsupported:
         raise ValueError(f"{config_path}: {unsupported} change LoRA's formula; tinylora cannot import them")
@@ -177,10 +200,12 @@ def _read_peft(path) -> tuple:
 def import_peft(model, path):
     """Add a PEFT LoRA adapter for HF's GPT-2 to `model` (a GPT without LoRA on those layers). Returns `model`.
 
-    A c_attn LoRA of rank R becomes LoRA on q, k and v, each of rank R, sharing
-    the same A; c_proj, c_fc, mlp.c_proj become o, fc, proj. The scaling is
+    A c_attn LoRA of rank R becomes LoRA on q, k and v, each of rank R, each with
+    its own copy of the one A (equal now; training moves them apart, see the module
+    docstring); c_proj, c_fc, mlp.c_proj become o, fc, proj. The scaling is
     kept: tinylora's α is PEFT's lora_alpha (times sqrt(R) under use_rslora,
-    whose scaling is α / sqrt(R)). Everything is checked before the model changes.
+    whose scaling is α / sqrt(R)). Everything is checked before the model changes,
+    and a failure leaves it exactly as it was.
     """
     config, groups, tensor_path = _read_peft(path)
     C, n_layer = model.config.n_embd, len(model.blocks)
@@ -201,6 +226,11 @@ def import_peft(model, path):
         if r_config != R:
             raise ValueError(f"{tensor_path}: h.{i}.{module} has rank {R} in the file but r={r_config} in the config")
         alpha = _pattern_value(config.get("alpha_pattern"), hf_name, config.get("lora_alpha", 8))
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (math.isfinite(alpha) and alpha > 0):
+            raise FileFormatError(f"{tensor_path}: lora_alpha for h.{i}.{module} must be a positive number, "
+                                  f"got {alpha!r} (adapter_config.json)")
+        if not (np.isfinite(A).all() and np.isfinite(B).all()):
+            raise ValueError(f"{tensor_path}: h.{i}.{module} holds NaN or inf in lora_A or lora_B")
         if config.get("use_rslora"):
             alpha = alpha * math.sqrt(R)  # PEFT's scaling α / sqrt(R) = tinylora's (α sqrt(R)) / R
         targets = FUSED if module == "attn.c_attn" else (_SINGLE[module],)
@@ -210,13 +240,14 @@ def import_peft(model, path):
                              "import into a model without LoRA on those layers")
         plan.append((i, module, A, B, alpha, targets))
 
-    for i, module, A, B, alpha, targets in plan:
-        apply_lora(model, r=A.shape[0], alpha=alpha, targets=targets, layers=[i],
-                   dropout=config.get("lora_dropout", 0.0))
-        parent = model.blocks[i].attn if module.startswith("attn") else model.blocks[i].mlp
-        for row, t in enumerate(targets):  # c_attn: row block 0, 1, 2 = q, k, v
-            layer = getattr(parent, t)
-            rows = slice(row * C, (row + 1) * C) if module == "attn.c_attn" else slice(None)
-            layer.lora_A.data[...] = move(A.astype(layer.lora_A.dtype), layer.lora_A.device)  # (R, in), shared
-            layer.lora_B.data[...] = move(B[rows].astype(layer.lora_B.dtype), layer.lora_B.device)  # (out, R)
+    with all_or_nothing(model):
+        for i, module, A, B, alpha, targets in plan:
+            apply_lora(model, r=A.shape[0], alpha=alpha, targets=targets, layers=[i],
+                       dropout=config.get("lora_dropout", 0.0))
+            parent = model.blocks[i].attn if module.startswith("attn") else model.blocks[i].mlp
+            for row, t in enumerate(targets):  # c_attn: row block 0, 1, 2 = q, k, v
+                layer = getattr(parent, t)
+                rows = slice(row * C, (row + 1) * C) if module == "attn.c_attn" else slice(None)
+                layer.lora_A.data[...] = move(A.astype(layer.lora_A.dtype), layer.lora_A.device)  # (R, in), a copy
+                layer.lora_B.data[...] = move(B[rows].astype(layer.lora_B.dtype), layer.lora_B.device)  # (out, R)
     return model

@@ -3,7 +3,8 @@
     gpt.py        GPTConfig and GPT: embeddings, Blocks (attention with separate W_q, W_k, W_v, W_o; MLP), LM head
     generate.py   greedy / temperature / top-k / top-p sampling with a KV cache
     hf_gpt2.py    Hugging Face GPT-2 <-> tinylora conversion (depends on gpt.py, never the reverse)
-    load.py       load_model(path_or_name): a tinylora folder, a Hugging Face GPT-2 folder or a shipped name
+    load.py       load_model(path_or_name): a tinylora folder, a Hugging Face GPT-2 folder or a shipped name;
+                  the one loader (GPT.from_pretrained is its alias); checks every file before it allocates
 """
 
 from tinylora.model.gpt import GPT, GPTConfig, KVCache

@@ -18,6 +18,7 @@ feeds (positions restart at 0 in both).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from tinylora.engine.autograd import no_grad
@@ -71,12 +72,14 @@ def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, top_
 @no_grad()
 def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, greedy: bool = False, eos_token: int | None = None,
-             use_cache: bool = True) -> Tensor:
+             use_cache: bool = True, adapter_ids=None) -> Tensor:
     """Continue the token ids `idx` (B, T) (or (T,)) by up to `max_new_tokens` tokens; returns (B, T + n).
 
     Runs under no_grad with the model in eval mode (dropout off), restoring each module's mode after.
     temperature=0 means greedy. With `eos_token`, a row that has produced it keeps getting
     `eos_token` appended, and generation stops once every row has produced it.
+    With `adapter_ids` (one LoRA adapter name per row, "base" for none; tinylora/lora/mixed.py)
+    every row generates with its own adapter, in one batch.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
@@ -100,7 +103,12 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     ids = ids.astype("int64")
 
     block = model.config.block_size
-    with evaluating(model):  # eval mode; every module's own mode comes back afterwards
+    # eval mode (every module's own mode comes back afterwards), and each row's adapter while generating
+    with evaluating(model), contextlib.ExitStack() as adapters:
+        if adapter_ids is not None:  # each row its own LoRA adapter, gathered once for every step
+            from tinylora.lora.mixed import mixed_adapters
+
+            adapters.enter_context(mixed_adapters(model, adapter_ids))
         cache = KVCache() if use_cache else None
         done = xp.zeros(ids.shape[0], dtype=bool)  # (B,): rows that have produced eos_token
         for _ in range(max_new_tokens):

@@ -13,7 +13,7 @@
 Names follow the LoRA paper: the four attention matrices are the separate
 Linear modules `q`, `k`, `v`, `o` (W_q, W_k, W_v, W_o), so LoRA can adapt any
 subset of them. (Hugging Face's GPT-2 fuses q, k, v into one `c_attn`;
-tinylora.hf splits it when loading.) Linear weights are stored
+tinylora/model/hf_gpt2.py splits it when loading.) Linear weights are stored
 (out_features, in_features), as in PyTorch and the paper's W0 ∈ R^{d×k}.
 
 The LM head is tied to the token embedding: logits = x @ wte.weight.T. There
@@ -21,7 +21,7 @@ is one Parameter, stored once in `state_dict()`; its gradient is the sum of
 what the lookup and the head contribute. The head is never a LoRA target.
 
 Generation reuses past keys and values through a `KVCache` (see below and
-`tinylora.generate`).
+`tinylora/model/generate.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ from tinylora.nn import init
 from tinylora.engine.tensor import Tensor
 
 
+def _is_real(value) -> bool:
+    """A finite int or float (not a bool, not a string like "0.1")."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 # ---------------------------------------------------------------- config
 @dataclass
 class GPTConfig:
@@ -46,9 +51,13 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.1  # GPT-2's value, on embeddings, attention weights and both residual branches
+    dropout: float = 0.1  # GPT-2's value, on embeddings, attention weights and both residual branches (see below)
     bias: bool = True  # biases in every Linear (GPT-2 has them)
     layer_norm_eps: float = 1e-5
+    # Hugging Face's three rates (embd_pdrop, attn_pdrop, resid_pdrop); None means `dropout`
+    embd_dropout: float | None = None  # on wte(idx) + wpe(pos)
+    attn_dropout: float | None = None  # on the attention weights
+    resid_dropout: float | None = None  # on the output of attn and of the MLP, before each residual add
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -57,8 +66,49 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig: {name} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "embd_dropout", "attn_dropout", "resid_dropout"):
+            value = getattr(self, name)
+            if value is None and name != "dropout":
+                continue
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"GPTConfig: {name} must be a number in [0, 1), got {value!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig: bias must be true or false, got {self.bias!r}")
+        if not _is_real(self.layer_norm_eps) or not self.layer_norm_eps > 0.0:
+            raise ValueError(f"GPTConfig: layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
+
+    def rate(self, where: str) -> float:
+        """The dropout rate at `where` ("embd", "attn" or "resid"): its own field, else `dropout`."""
+        own = getattr(self, f"{where}_dropout")
+        return self.dropout if own is None else own
+
+    def parameter_shapes(self) -> dict:
+        """{name: shape} of every parameter a GPT with this config has (as in its state_dict), without building it.
+
+        What a loader checks a file's header against before it allocates anything.
+        """
+        c = self.n_embd
+        linear = {"attn.q": (c, c), "attn.k": (c, c), "attn.v": (c, c), "attn.o": (c, c),
+                  "mlp.fc": (4 * c, c), "mlp.proj": (c, 4 * c)}  # (out, in)
+        shapes = {"wte.weight": (self.vocab_size, c), "wpe.weight": (self.block_size, c)}
+        for i in range(self.n_layer):
+            b = f"blocks.{i}."
+            shapes.update({b + "ln_1.weight": (c,), b + "ln_1.bias": (c,)})
+            for name, (d, k) in linear.items():
+                if name == "mlp.fc":  # registration order: ln_1, attn, ln_2, mlp
+                    shapes.update({b + "ln_2.weight": (c,), b + "ln_2.bias": (c,)})
+                shapes[b + name + ".weight"] = (d, k)
+                if self.bias:
+                    shapes[b + name + ".bias"] = (d,)
+        shapes.update({"ln_f.weight": (c,), "ln_f.bias": (c,)})
+        return shapes
+
+    def num_parameters(self) -> int:
+        """How many parameters a GPT with this config has, without building it (wte once: the head is tied).
+
+        V C + T C (embeddings) + L (12 C^2 + 13 C) + 2 C (ln_f); L (12 C^2 + 4 C) per block without biases.
+        """
+        return sum(math.prod(shape) for shape in self.parameter_shapes().values())
 
     # the four GPT-2 sizes (Radford et al. 2019) and two sizes for teaching on a laptop
     @classmethod
@@ -163,8 +213,8 @@ class CausalSelfAttention(nn.Module):
         self.k = nn.Linear(c, c, bias=config.bias, device=device, dtype=dtype)
         self.v = nn.Linear(c, c, bias=config.bias, device=device, dtype=dtype)
         self.o = nn.Linear(c, c, bias=config.bias, device=device, dtype=dtype)
-        self.attn_drop = nn.Dropout(config.dropout)  # on the attention weights
-        self.resid_drop = nn.Dropout(config.dropout)  # on the output, before the residual add
+        self.attn_drop = nn.Dropout(config.rate("attn"))  # on the attention weights
+        self.resid_drop = nn.Dropout(config.rate("resid"))  # on the output, before the residual add
 
     def _heads(self, x):
         """(B, T, C) -> (B, nh, T, hs): split the channels into heads."""
@@ -197,7 +247,7 @@ class MLP(nn.Module):
         c = config.n_embd
         self.fc = nn.Linear(c, 4 * c, bias=config.bias, device=device, dtype=dtype)
         self.proj = nn.Linear(4 * c, c, bias=config.bias, device=device, dtype=dtype)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.rate("resid"))
 
     def forward(self, x):
         return self.drop(self.proj(F.gelu(self.fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
@@ -223,9 +273,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2: token + position embeddings, n_layer pre-LN blocks, final LayerNorm, head tied to wte.
 
-    forward(idx, targets=None, kv_cache=None) -> (logits, loss)
+    forward(idx, targets=None, kv_cache=None, adapter_ids=None) -> (logits, loss)
         idx      int (B, T), T <= block_size (counting what a kv_cache already holds)
         targets  int (B, T) or None; entries equal to -100 are ignored by the loss
+        adapter_ids  None, or one LoRA adapter name per example ("base": none), see tinylora/lora/mixed.py
         logits   (B, T, V);  loss = mean cross-entropy over kept targets, or None
 
     Init (GPT-2's): every Linear and Embedding weight ~ N(0, 0.02^2), except the
@@ -242,7 +293,7 @@ class GPT(nn.Module):
         c = config.n_embd
         self.wte = nn.Embedding(config.vocab_size, c, device=device, dtype=dtype)  # (V, C), also the LM head
         self.wpe = nn.Embedding(config.block_size, c, device=device, dtype=dtype)  # (block_size, C)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.rate("embd"))
         self.blocks = nn.ModuleList(Block(config, i, device=device, dtype=dtype) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(c, eps=config.layer_norm_eps, device=device, dtype=dtype)
         self._init_weights()
@@ -288,7 +339,12 @@ class GPT(nn.Module):
             x = block(x, kv_cache)  # (B, T, C)
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, adapter_ids=None):
+        if adapter_ids is not None:  # one LoRA adapter per example (tinylora/lora/mixed.py)
+            from tinylora.lora.mixed import mixed_adapters
+
+            with mixed_adapters(self, adapter_ids):
+                return self.forward(idx, targets, kv_cache)
         x = self.hidden_states(idx, kv_cache)  # (B, T, C)
         logits = F.linear(x, self.wte.weight)  # (B, T, V): the head tied to the embedding, x @ wte.weight.T
         loss = None
@@ -298,7 +354,13 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, device=None) -> "GPT":
-        """Load Hugging Face GPT-2 weights from `path` (see `tinylora.hf.load_gpt2`)."""
-        from tinylora.model.hf_gpt2 import load_gpt2  # lazy: tinylora.hf is only needed for pretrained weights
+        """A thin alias of `tinylora.model.load.load_model(path)` for the model alone (eval mode, no tokenizer).
 
-        return load_gpt2(path, dtype=dtype, device=device)
+        `path` is a local folder (tinylora's or Hugging Face's GPT-2) or a shipped
+        name ("base-mini"); tinylora never downloads, so "gpt2" means a folder of
+        that name. The loader is imported when called: load.py and hf_gpt2.py
+        depend on this file, never the reverse.
+        """
+        from tinylora.model.load import load_gpt
+
+        return load_gpt(path, device=device, dtype=dtype)

@@ -28,15 +28,24 @@ Its tensor names and layouts differ from tinylora's in three ways:
 `attn.bias` and `attn.masked_bias` in older files are the causal-mask buffers,
 not weights; they are ignored. float16 and bfloat16 weights are upcast to
 float32 (or to `dtype`). This is host-side file code, so it uses NumPy directly.
+
+This is the Hugging Face format module: it depends on gpt.py, never the reverse.
+To load a model, use `tinylora.model.load.load_model` (any folder, with its
+tokenizer); `load_gpt2` is the part of it that reads this format. Before any
+weight is read or any model is built, config.json is validated and every tensor
+name and shape in the safetensors header is checked against it.
 """
 
 from __future__ import annotations
 
 import os
 
+import math
+
 import numpy as np
 
-from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
+from tinylora.model.gpt import GPT, GPTConfig
 
 _PREFIX = "transformer."
 _MASK_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
@@ -45,39 +54,56 @@ _FUSED = ("q", "k", "v")  # order of the column blocks of c_attn
 
 
 # ------------------------------------------------------------------ config
-def config_from_hf(hf: dict):
-    """Map the fields of an HF GPT-2 `config.json` onto a GPTConfig; refuse variants tinylora cannot run."""
-    from tinylora.model.gpt import GPTConfig
+def _rate(hf: dict, key: str, source: str) -> float:
+    value = hf.get(key, 0.1)  # 0.1: GPT2Config's default for each of the three
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{source}: '{key}' must be a number in [0, 1), got {value!r}")
+    return float(value)
 
+
+def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
+    """Map the fields of an HF GPT-2 `config.json` onto a GPTConfig; refuse variants tinylora cannot run."""
+    if not isinstance(hf, dict):
+        raise FileFormatError(f"{source}: expected a JSON object of GPT-2 settings, got a {type(hf).__name__}")
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"config.json: model_type is '{hf['model_type']}', but load_gpt2 reads GPT-2 only")
+        raise ValueError(f"{source}: model_type is '{hf['model_type']}', but tinylora reads GPT-2 only")
     missing = [k for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions") if k not in hf]
     if missing:
-        raise KeyError(f"config.json lacks the GPT-2 fields {missing}")
+        raise KeyError(f"{source} lacks the GPT-2 fields {missing}")
     C = hf["n_embd"]
     unsupported = {
         "activation_function": hf.get("activation_function", "gelu_new") not in _TANH_GELUS,
-        "n_inner": hf.get("n_inner") not in (None, 4 * C),
+        "n_inner": hf.get("n_inner") not in (None, 4 * C) if isinstance(C, int) else False,
         "scale_attn_weights": hf.get("scale_attn_weights", True) is not True,
         "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
         "add_cross_attention": hf.get("add_cross_attention", False),
     }
     bad = {k: hf.get(k) for k, is_bad in unsupported.items() if is_bad}
     if bad:
-        raise ValueError(f"config.json: tinylora's GPT cannot run this GPT-2 variant: {bad}")
-    return GPTConfig(
-        vocab_size=hf["vocab_size"],
-        block_size=hf["n_positions"],
-        n_layer=hf["n_layer"],
-        n_head=hf["n_head"],
-        n_embd=C,
-        dropout=hf.get("resid_pdrop", 0.1),
-        bias=True,  # HF's GPT-2 always has biases
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-    )
+        raise ValueError(f"{source}: tinylora's GPT cannot run this GPT-2 variant: {bad}")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{source}: 'layer_norm_epsilon' must be a positive number, got {eps!r}")
+    resid = _rate(hf, "resid_pdrop", source)
+    embd, attn = _rate(hf, "embd_pdrop", source), _rate(hf, "attn_pdrop", source)
+    try:
+        return GPTConfig(
+            vocab_size=hf["vocab_size"],
+            block_size=hf["n_positions"],
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            n_embd=C,
+            dropout=resid,
+            bias=True,  # HF's GPT-2 always has biases
+            layer_norm_eps=eps,
+            embd_dropout=None if embd == resid else embd,  # None: the same as dropout
+            attn_dropout=None if attn == resid else attn,
+        )
+    except ValueError as err:
+        raise ValueError(f"{source}: {err} (HF names: n_positions is block_size)") from None
 
 
-def config_to_hf(config) -> dict:
+def config_to_hf(config: GPTConfig) -> dict:
     """The `config.json` fields transformers needs to rebuild this GPT as a GPT2LMHeadModel."""
     if not config.bias:
         raise ValueError("save_gpt2: HF's GPT-2 always has biases; this model was built with bias=False")
@@ -91,9 +117,9 @@ def config_to_hf(config) -> dict:
         "n_head": config.n_head,
         "n_inner": None,  # None means 4 * n_embd
         "activation_function": "gelu_new",
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        "resid_pdrop": config.rate("resid"),
+        "embd_pdrop": config.rate("embd"),
+        "attn_pdrop": config.rate("attn"),
         "layer_norm_epsilon": config.layer_norm_eps,
         "tie_word_embeddings": True,
     }
@@ -161,18 +187,18 @@ def tinylora_to_hf(state: dict, config) -> dict:
     return {_PREFIX + k: v for k, v in hf.items()}
 
 
-def check_hf_tensors(tensors: dict, config, source: str = "the checkpoint") -> dict:
-    """Strip the `transformer.` prefix, drop mask buffers and a tied lm_head, and check every name and shape.
+def _strip(key: str) -> str:
+    return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
 
-    Returns {HF name (no prefix): array}. Raises KeyError for a missing
-    tensor, ValueError for a wrong shape, an untied lm_head or unknown names.
+
+def check_hf_shapes(shapes: dict, config, source: str = "the checkpoint") -> None:
+    """Check {file name: shape} (from the safetensors header) against the config before anything is read.
+
+    Accepts the `transformer.` prefix or none, skips mask buffers, allows an
+    lm_head.weight of wte's shape (tied: its values are compared after reading).
+    Raises KeyError for a missing tensor, ValueError for a wrong shape or unknown names.
     """
-    hf = {}
-    for key, value in tensors.items():
-        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-        if name.endswith(_MASK_BUFFERS):
-            continue
-        hf[name] = value
+    hf = {_strip(k): tuple(shape) for k, shape in shapes.items() if not _strip(k).endswith(_MASK_BUFFERS)}
     lm_head = hf.pop("lm_head.weight", None)
     expected = expected_hf_shapes(config)
     missing = [k for k in expected if k not in hf]
@@ -182,11 +208,21 @@ def check_hf_tensors(tensors: dict, config, source: str = "the checkpoint") -> d
     if unknown:
         raise ValueError(f"{source} has tensors a GPT-2 of this config does not have: {unknown[:5]}")
     for name, shape in expected.items():
-        if tuple(hf[name].shape) != shape:
-            raise ValueError(f"{source}: tensor '{name}' has shape {tuple(hf[name].shape)}, but config.json "
+        if hf[name] != shape:
+            raise ValueError(f"{source}: tensor '{name}' has shape {hf[name]}, but config.json "
                              f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, "
-                             f"n_positions={config.block_size}) needs {shape}")
-    if lm_head is not None and not (lm_head.shape == hf["wte.weight"].shape and np.array_equal(lm_head, hf["wte.weight"])):
+                             f"n_positions={config.block_size}, n_layer={config.n_layer}) needs {shape}")
+    if lm_head is not None and lm_head != expected["wte.weight"]:
+        raise ValueError(f"{source}: lm_head.weight has shape {lm_head}, not wte's {expected['wte.weight']}; "
+                         "tinylora's GPT ties the LM head to the token embedding")
+
+
+def check_hf_tensors(tensors: dict, config, source: str = "the checkpoint") -> dict:
+    """Check names and shapes (`check_hf_shapes`) and a tied lm_head; return {HF name (no prefix): array}."""
+    check_hf_shapes({k: v.shape for k, v in tensors.items()}, config, source)
+    hf = {_strip(k): v for k, v in tensors.items() if not _strip(k).endswith(_MASK_BUFFERS)}
+    lm_head = hf.pop("lm_head.weight", None)
+    if lm_head is not None and not np.array_equal(lm_head, hf["wte.weight"]):
         raise ValueError(f"{source}: lm_head.weight differs from wte.weight, but tinylora's GPT ties the "
                          "LM head to the token embedding and cannot hold a separate one")
     return hf
@@ -206,17 +242,35 @@ def _as_float(hf: dict, dtype, source: str) -> dict:
 
 
 # ------------------------------------------------------------------ files
-def _read_hf_weights(path: str) -> tuple[dict, str]:
-    """All tensors of an HF model directory (one safetensors file, or shards listed in an index)."""
+def _inside(folder: str, name, source: str) -> str:
+    """folder/name, refusing a name that is not a string or that leads out of `folder` (absolute, .., a link)."""
+    if not isinstance(name, str) or not name:
+        raise FileFormatError(f"{source}: a file name must be a non-empty string, got {name!r}")
+    path = os.path.join(folder, name)
+    root = os.path.realpath(folder)
+    if os.path.isabs(name) or os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise FileFormatError(f"{source}: '{name}' points outside {folder}; a file it names must lie inside it")
+    return path
+
+
+def _weight_files(path: str) -> tuple[list, str]:
+    """([safetensors files], source) of an HF model directory: one file, or the shards an index lists."""
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(single):
-        return load_tensors(single), single
+        return [single], single
     if os.path.exists(index):
-        tensors = {}
-        for shard in sorted(set(read_json(index)["weight_map"].values())):
-            tensors.update(load_tensors(os.path.join(path, shard)))
-        return tensors, index
+        weight_map = read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise FileFormatError(f"{index}: expected an object with a non-empty 'weight_map' "
+                                  "{tensor name: shard file}")
+        files = []
+        for shard in weight_map.values():
+            file = _inside(path, shard, index)
+            if file not in files:
+                files.append(file)
+        return files, index
     if os.path.exists(os.path.join(path, "pytorch_model.bin")):
         raise FileNotFoundError(f"{path} holds pytorch_model.bin but no model.safetensors: tinylora reads "
                                 "safetensors only (convert with transformers: model.save_pretrained(dir))")
@@ -231,47 +285,66 @@ def _require_dir(path) -> str:
     return path
 
 
-def load_gpt2(path, dtype=None, device=None):
-    """Build a tinylora GPT from a local HF GPT-2 directory (config.json + model.safetensors).
+def load_gpt2(path, dtype=None, device=None) -> GPT:
+    """Build a tinylora GPT (eval mode) from a local HF GPT-2 directory (config.json + model.safetensors).
 
     dtype: float32 (default) or float64; float16/bfloat16 files are upcast.
     The LM head is tied to wte, as in GPT-2: logits = x @ wte.weight.T.
+    Checks before it allocates: config.json's fields, then every name and shape
+    in the safetensors header(s), then reads the weights, then builds the model.
     """
-    from tinylora.model.gpt import GPT
-
     path = _require_dir(path)
-    config = config_from_hf(read_json(os.path.join(path, "config.json")))
-    tensors, source = _read_hf_weights(path)
+    config_path = os.path.join(path, "config.json")
+    config = config_from_hf(read_json(config_path), config_path)
+    files, source = _weight_files(path)
+    shapes = {}
+    for file in files:
+        shapes.update({name: shape for name, (_, shape) in tensor_shapes(file).items()})
+    check_hf_shapes(shapes, config, source)
+    tensors = {}
+    for file in files:
+        tensors.update(load_tensors(file))
     hf = _as_float(check_hf_tensors(tensors, config, source), dtype, source)
     model = GPT(config, device=device, dtype=dtype)
     model.load_state_dict(hf_to_tinylora(hf, config))
-    return model
+    return model.eval()
 
 
-def _plain_state_dict(model) -> dict:
-    """The model's weights under plain GPT names, LoRA layers resolved to their base Linear.
+def to_hf_state_dict(model) -> dict:
+    """`model`'s weights as Hugging Face GPT-2 names and layouts, in memory: {"transformer.h.0...": array}.
 
-    A LoRA layer is allowed only if its update is merged into the base weight
-    (`merge_lora`) or switched off (`disable_lora`): otherwise the file would
-    silently drop ΔW = BA.
+    What `GPT2LMHeadModel.load_state_dict` takes (after torch.from_numpy). A
+    model with LoRA must have it merged (`merge_lora`) or switched off
+    (`disable_lora`): otherwise the dict would silently drop ΔW = BA.
     """
     from tinylora.engine.backend import to_host
+    from tinylora.lora.apply import base_named_parameters, lora_layers  # LoRA is asked by type, in lora/
 
-    state = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and not (getattr(module, "merged", False) or not getattr(module, "enabled", True)):
+    for name, layer in lora_layers(model):
+        if layer.enabled and not layer.merged:
             raise ValueError(f"save_gpt2: LoRA layer '{name}' is not merged; call merge_lora(model) first "
                              "(or save the adapter alone with save_adapter)")
-    for name, p in model.named_parameters():
-        if name.endswith(("lora_A", "lora_B")):
-            continue
-        state[name.replace(".base.", ".")] = to_host(p.data)
-    return state
+    state = {name: to_host(p.data) for name, p in base_named_parameters(model)}
+    return tinylora_to_hf(state, model.config)
 
 
-def save_gpt2(model, path) -> None:
-    """Write `model` as an HF GPT-2 directory that `GPT2LMHeadModel.from_pretrained(path)` loads."""
+def save_gpt2(model, path, tokenizer=None) -> None:
+    """Write `model` as an HF GPT-2 directory that `GPT2LMHeadModel.from_pretrained(path)` loads.
+
+    With a BPE tokenizer, its vocab.json and merges.txt are written too; with the
+    byte tokenizer, config.json says so ("tinylora_tokenizer": "byte", a key
+    transformers ignores), so `load_model` reads the folder back with its tokenizer.
+    """
+    from tinylora.tokenizers import BPETokenizer, ByteTokenizer
+
     path = os.fspath(path)
-    state = _plain_state_dict(model)
-    save_tensors(os.path.join(path, "model.safetensors"), tinylora_to_hf(state, model.config), metadata={"format": "pt"})
-    write_json_atomic(os.path.join(path, "config.json"), config_to_hf(model.config))
+    hf_config = config_to_hf(model.config)
+    if isinstance(tokenizer, BPETokenizer):
+        tokenizer.save(path)
+    elif isinstance(tokenizer, ByteTokenizer):
+        hf_config["tinylora_tokenizer"] = "byte"
+    elif tokenizer is not None:
+        raise TypeError(f"save_gpt2: tokenizer must be a BPETokenizer, a ByteTokenizer or None, "
+                        f"got {type(tokenizer).__name__}")
+    save_tensors(os.path.join(path, "model.safetensors"), to_hf_state_dict(model), metadata={"format": "pt"})
+    write_json_atomic(os.path.join(path, "config.json"), hf_config)

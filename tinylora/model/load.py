@@ -1,16 +1,25 @@
-"""Model folders: a GPT, its config and its tokenizer in one directory.
+"""The one way to load a model: `load_model(path_or_name)` -> (GPT in eval mode, tokenizer).
 
-tinylora's own folder (what `tinylora pretrain`, `finetune --method full` and
-`merge` write):
+It reads three kinds of source:
 
-    config.json         {"format": "tinylora-gpt", "gpt": {GPTConfig fields}, "tokenizer": "byte" | "bpe", ...}
-    model.safetensors   every parameter by name (the tied embedding once)
-    vocab.json, merges.txt   only for a BPE tokenizer
+    a tinylora folder    config.json  {"format": "tinylora-gpt", "gpt": {GPTConfig fields},
+                                       "tokenizer": "byte" | "bpe", ...}
+                         model.safetensors   every parameter by name (the tied embedding once)
+                         vocab.json, merges.txt   only for a BPE tokenizer
+                         (what `tinylora pretrain`, `finetune --method full` and `merge` write)
+    a Hugging Face GPT-2 folder   config.json ("model_type": "gpt2") + model.safetensors
+                         (or shards and model.safetensors.index.json), read by hf_gpt2.py, with
+                         vocab.json + merges.txt for its tokenizer
+    a shipped name       "base-mini" (see tinylora/assets/README.md)
 
-`load_model` also reads a Hugging Face GPT-2 folder (config.json with
-"model_type": "gpt2" + model.safetensors, and vocab.json + merges.txt for its
-tokenizer) through tinylora.hf, and the base model shipped inside the package
-("base-mini", see tinylora/assets/README.md).
+Every path is local: tinylora never downloads, so "gpt2" is a folder called
+gpt2, not a Hugging Face hub id. Before anything is allocated, config.json is
+validated field by field and every tensor's name and shape in the safetensors
+header is checked against it. The tokenizer comes from the folder and never
+silently: an unknown tokenizer name, a Hugging Face folder without its
+vocab.json and merges.txt, or a tokenizer with more ids than the model has
+rows in wte is an error. `model.name_or_path` records what was loaded (an
+adapter saved from the model records it as its base).
 """
 
 from __future__ import annotations
@@ -18,16 +27,25 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
-from tinylora.tokenizers import BPETokenizer, ByteTokenizer
+import numpy as np
+
+from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
+from tinylora.model.gpt import GPT, GPTConfig
+from tinylora.model.hf_gpt2 import load_gpt2
+from tinylora.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
 
 FORMAT = "tinylora-gpt"
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
 SHIPPED = {"base-mini": os.path.join(ASSETS, "base-mini")}
+TOKENIZERS = ("byte", "bpe")  # the values of config.json's "tokenizer"
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 def resolve(path) -> str:
     """A shipped model's name ("base-mini") becomes its folder; anything else is taken as a path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a model is a folder path (str or os.PathLike) or a shipped name "
+                        f"({', '.join(SHIPPED)}); got {type(path).__name__} {path!r}")
     return SHIPPED.get(str(path), os.fspath(path))
 
 
@@ -49,26 +67,135 @@ def save_model(model, path, tokenizer=None, extra: dict | None = None) -> None:
     write_json_atomic(os.path.join(path, "config.json"), config)
 
 
-def load_model(path, device=None, dtype=None):
-    """(model, tokenizer) from a tinylora folder, a Hugging Face GPT-2 folder, or a shipped name."""
-    from tinylora.model.gpt import GPT, GPTConfig
+def _not_a_model_folder(path, folder: str) -> Exception:
+    """The error for a path that is not a model folder, saying what it is instead."""
+    text = str(path)
+    if os.path.isfile(folder):
+        return FileNotFoundError(f"{text} is a file; a model is a folder holding config.json + model.safetensors")
+    if os.path.exists(os.path.join(folder, "adapter_config.json")):
+        return FileNotFoundError(f"{text} is an adapter folder (adapter_config.json), not a model: load its base "
+                                 "model, then the adapter (load_adapter; on the command line --adapter)")
+    if os.path.isdir(folder):
+        return FileNotFoundError(f"{text} has no config.json, so it is not a model folder "
+                                 f"(files there: {sorted(os.listdir(folder))[:8]})")
+    hint = ""
+    if not os.path.isabs(text) and text.count("/") <= 1 and not text.startswith("."):
+        hint = (f"; tinylora reads local folders only and never downloads, so '{text}' is a path here, not a "
+                f"Hugging Face hub id: download it first (e.g. huggingface-cli download {text} --local-dir "
+                f"{text.split('/')[-1]}) and pass that folder")
+    return FileNotFoundError(f"no model folder at {text}{hint} (shipped models: {', '.join(SHIPPED)})")
 
-    path = resolve(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no model folder at {path} (expected config.json + model.safetensors)")
-    config = read_json(os.path.join(path, "config.json"))
-    if config.get("format") != FORMAT:  # a Hugging Face GPT-2 folder
-        from tinylora.model.hf_gpt2 import load_gpt2
 
-        model = load_gpt2(path, dtype=dtype, device=device)
-        has_bpe = os.path.exists(os.path.join(path, "vocab.json"))
-        return model, (BPETokenizer.from_directory(path) if has_bpe else ByteTokenizer())
-    model = GPT(GPTConfig(**config["gpt"]), device=device)
-    state = load_tensors(os.path.join(path, "model.safetensors"))
+def _tinylora_config(config: dict, source: str) -> GPTConfig:
+    """The "gpt" object of a tinylora config.json as a GPTConfig, every field checked."""
+    gpt = config.get("gpt")
+    if not isinstance(gpt, dict):
+        raise FileFormatError(f"{source}: 'gpt' must be an object of GPTConfig fields, got {type(gpt).__name__}")
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(gpt) - fields)
+    if unknown:
+        raise FileFormatError(f"{source}: 'gpt' has unknown field(s) {unknown}; GPTConfig's fields are {sorted(fields)}")
+    try:
+        return GPTConfig(**gpt)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def _check_weights(path: str, expected: dict) -> None:
+    """Compare the safetensors header of `path` with {name: shape}, before any tensor is read."""
+    found = tensor_shapes(path)
+    missing = [k for k in expected if k not in found]
+    unknown = [k for k in found if k not in expected]
+    if missing or unknown:
+        raise KeyError(f"{path} does not match config.json: missing {missing[:5]}, unexpected {unknown[:5]}")
+    for name, shape in expected.items():
+        code, shape_in_file = found[name]
+        if shape_in_file != shape:
+            raise ValueError(f"{path}: tensor '{name}' has shape {shape_in_file}, but config.json needs {shape}")
+        if code not in _FLOAT_CODES:
+            raise ValueError(f"{path}: tensor '{name}' has dtype {code}; weights must be floating point")
+
+
+def _load_tinylora(folder: str, config: dict, source: str, device, dtype) -> GPT:
+    gpt_config = _tinylora_config(config, source)
+    weights = os.path.join(folder, "model.safetensors")
+    _check_weights(weights, gpt_config.parameter_shapes())  # before the model is built
+    state = load_tensors(weights)
+    model = GPT(gpt_config, device=device)
     model.load_state_dict(state, strict=True)
     if dtype is not None:
         model.to(dtype=dtype)
-    tokenizer = BPETokenizer.from_directory(path) if config.get("tokenizer") == "bpe" else ByteTokenizer()
+    return model
+
+
+def _folder_tokenizer(folder: str, config: dict, source: str, is_hf: bool):
+    """The tokenizer a model folder names: never a silent guess."""
+    has = {name: os.path.exists(os.path.join(folder, name)) for name in ("vocab.json", "merges.txt")}
+    if not is_hf:
+        kind = config.get("tokenizer", "byte")
+        if kind not in TOKENIZERS:
+            raise ValueError(f"{source}: unknown tokenizer {kind!r}; expected one of {TOKENIZERS}")
+        return BPETokenizer.from_directory(folder) if kind == "bpe" else ByteTokenizer()
+    if all(has.values()):
+        return BPETokenizer.from_directory(folder)
+    if config.get("tinylora_tokenizer") == "byte" and not any(has.values()):
+        return ByteTokenizer()  # written by save_gpt2 for a byte-level model
+    lacking = " and ".join(name for name, there in has.items() if not there)
+    raise FileNotFoundError(f"{folder} is a Hugging Face GPT-2 folder without {lacking}, so its tokenizer is "
+                            "unknown: copy the files from where the model came from, or pass tokenizer= "
+                            "(a folder holding them, or 'byte')")
+
+
+def _read_config(path) -> tuple[str, dict, str]:
+    """(folder, config.json as a dict, its path) of a model folder or shipped name, with clear errors."""
+    folder = resolve(path)
+    source = os.path.join(folder, "config.json")
+    if not os.path.isdir(folder) or not os.path.exists(source):
+        raise _not_a_model_folder(path, folder)
+    config = read_json(source)
+    if not isinstance(config, dict):
+        raise FileFormatError(f"{source}: expected a JSON object, got a {type(config).__name__}")
+    if "format" in config and config["format"] != FORMAT:
+        raise FileFormatError(f"{source}: format is {config['format']!r}, but a model folder has {FORMAT!r} "
+                              "(or no format: a Hugging Face GPT-2 folder)")
+    return folder, config, source
+
+
+def load_gpt(path, device=None, dtype=None) -> GPT:
+    """The model half of `load_model`: the GPT alone (eval mode), no tokenizer needed or read."""
+    if dtype is not None and str(np.dtype(dtype)) not in ("float32", "float64"):
+        raise ValueError(f"load_model: dtype must be float32 or float64, got {np.dtype(dtype)}")
+    folder, config, source = _read_config(path)
+    if "format" not in config:  # a Hugging Face GPT-2 folder
+        model = load_gpt2(folder, dtype=dtype, device=device)
+    else:
+        model = _load_tinylora(folder, config, source, device, dtype)
+    for name, p in model.named_parameters():  # a NaN weight would only show up as garbage text later
+        bad = int((~p.device.xp.isfinite(p.data)).sum())
+        if bad:
+            raise ValueError(f"{folder}: weight '{name}' holds {bad} NaN or inf values of {p.size}; "
+                             "the file is broken (was it saved after a diverged run?)")
+    model.name_or_path = str(path)
+    return model.eval()
+
+
+def load_model(path, device=None, dtype=None, tokenizer=None):
+    """(model, tokenizer) from a tinylora folder, a Hugging Face GPT-2 folder, or a shipped name.
+
+    The model comes back in eval mode (dropout off), as Hugging Face's from_pretrained
+    does; `model.train()` switches dropout on. `tokenizer` overrides the folder's
+    ("byte", a folder with vocab.json + merges.txt, or a tokenizer object).
+    dtype: float32 (what the files hold) or float64.
+    """
+    folder, config, source = _read_config(path)
+    if tokenizer is not None:
+        tokenizer = load_tokenizer(tokenizer)
+    else:
+        tokenizer = _folder_tokenizer(folder, config, source, is_hf="format" not in config)
+    model = load_gpt(path, device=device, dtype=dtype)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{source}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                         f"{model.config.vocab_size}: ids from {model.config.vocab_size} on have no embedding")
     return model, tokenizer
 
 

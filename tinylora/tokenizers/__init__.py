@@ -24,6 +24,9 @@ def load_tokenizer(spec):
         return spec
     if spec == "byte":
         return ByteTokenizer()
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"tokenizer must be 'byte', a folder holding vocab.json and merges.txt, or a tokenizer "
+                        f"object; got {type(spec).__name__} {spec!r}")
     if Path(spec).is_dir():
         return BPETokenizer.from_directory(spec)
     raise ValueError(f"unknown tokenizer {spec!r}: use 'byte' or a directory holding vocab.json and merges.txt")

@@ -96,7 +96,10 @@ class BPETokenizer:
             if not f.is_file():
                 raise FileNotFoundError(f"BPE tokenizer file not found: {f}")
         with open(vocab_json, encoding="utf-8") as fh:
-            vocab = json.load(fh)
+            try:
+                vocab = json.load(fh)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{vocab_json} is not valid JSON: {err}") from None
         if not isinstance(vocab, dict):
             raise ValueError(f"{vocab_json}: expected a JSON object mapping token -> id, got {type(vocab).__name__}")
         merges = []
@@ -109,7 +112,10 @@ class BPETokenizer:
                 if len(pair) != 2:
                     raise ValueError(f"{merges_txt}, line {line_no}: expected two tokens and one space, got {line!r}")
                 merges.append((pair[0], pair[1]))
-        return cls(vocab, merges, special_tokens)
+        try:
+            return cls(vocab, merges, special_tokens)
+        except ValueError as err:  # name the files that do not fit together
+            raise ValueError(f"{vocab_json} + {merges_txt.name}: {err}") from None
 
     @classmethod
     def from_directory(cls, path, special_tokens=None) -> "BPETokenizer":
@@ -202,8 +208,9 @@ def _token_bytes(token: str, special: bool) -> bytes:
 def _check_vocab(vocab: dict, merges: list, special: dict) -> None:
     """Clear errors for files that do not fit together, instead of a KeyError deep inside encode."""
     ids = list(vocab.values())
-    if not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise ValueError("vocab: every id must be a non-negative integer")
+    bad = [(t, i) for t, i in vocab.items() if not (isinstance(i, int) and not isinstance(i, bool) and i >= 0)]
+    if bad:
+        raise ValueError(f"vocab: every id must be a non-negative integer; token {bad[0][0]!r} has {bad[0][1]!r}")
     if len(set(ids)) != len(ids):
         raise ValueError("vocab: two tokens share one id")
     for b, c in BYTE_TO_CHAR.items():

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 
 from tinylora.engine import random as tl_random
-from tinylora.io import load_tensors, read_json, remove_stale_temps, save_tensors, temp_path_for, write_json_atomic
+from tinylora.io import (FileFormatError, load_tensors, read_json, remove_stale_temps, save_tensors, temp_path_for,
+                         write_json_atomic)
 
 LATEST = "latest.json"
 RUN_RECORD = "run.json"
@@ -116,22 +118,42 @@ def _add_what_is_kept(err: BaseException, run_dir, name: str) -> None:
 
 
 def latest_checkpoint(run_dir) -> str | None:
-    """The newest complete checkpoint folder in `run_dir`, or None."""
+    """The newest complete checkpoint folder in `run_dir`, or None.
+
+    latest.json may name only a step-NNNNNN folder inside `run_dir` (what
+    save_checkpoint writes): never a path that leads elsewhere.
+    """
     pointer = os.path.join(run_dir, LATEST)
     if not os.path.exists(pointer):
         return None
-    return os.path.join(run_dir, read_json(pointer)["checkpoint"])
+    record = read_json(pointer)
+    name = record.get("checkpoint") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not re.fullmatch(r"step-\d+", name):
+        raise FileFormatError(f"{pointer}: 'checkpoint' must name a step-NNNNNN folder inside {run_dir}, "
+                              f"got {name!r}")
+    path = os.path.join(run_dir, name)
+    root = os.path.realpath(run_dir)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:  # a link that leads out of the run
+        raise FileFormatError(f"{pointer}: {name} is a link to {os.path.realpath(path)}, outside {run_dir}")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{pointer} points at {name}, but {path} does not exist")
+    return path
 
 
 def load_checkpoint(path, model, optimizer, scheduler=None) -> dict:
     """Restore model's trainable parameters, the optimizer, the scheduler and the RNG from `path`.
 
     `path` may be a checkpoint folder or a run folder (then its latest checkpoint).
-    Returns the state.json dict (with "step" and "extra").
+    Returns the state.json dict (with "step" and "extra"). All or nothing for the
+    model: every file is read and checked first, and if restoring fails after
+    all, the trainable parameters get their old values back.
     """
     if os.path.exists(os.path.join(path, LATEST)):
         path = latest_checkpoint(path)
     state = read_json(os.path.join(path, "state.json"))
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict) or "rng" not in state:
+        raise FileFormatError(f"{os.path.join(path, 'state.json')}: expected an object with 'optimizer' "
+                              "(an object) and 'rng'")
     trainable = load_tensors(os.path.join(path, "trainable.safetensors"))
     own = {name: p for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(set(own) - set(trainable))
@@ -146,13 +168,19 @@ def load_checkpoint(path, model, optimizer, scheduler=None) -> dict:
     if shapes:  # checked before anything is loaded, so a failed load leaves the model as it was
         raise ValueError(f"checkpoint {path} does not match the model's trainable parameters: "
                          f"{'; '.join(shapes[:3])} (same --rank?)")
-    model.load_state_dict(trainable, strict=False)
     opt_state = dict(state["optimizer"], state={})
     for key, array in load_tensors(os.path.join(path, "optimizer.safetensors")).items():
         name, slot = key.rsplit("/", 1)
         opt_state["state"].setdefault(name, {})[slot] = array
-    optimizer.load_state_dict(opt_state)
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    tl_random.set_rng_state(state["rng"])
+    before = {name: p.data.copy() for name, p in own.items()}
+    try:
+        model.load_state_dict(trainable, strict=False)
+        optimizer.load_state_dict(opt_state)
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        tl_random.set_rng_state(state["rng"])
+    except BaseException:
+        for name, data in before.items():  # the model exactly as it was
+            own[name].data[...] = data
+        raise
     return state

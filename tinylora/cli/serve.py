@@ -1,0 +1,123 @@
+"""`tinylora serve`: answer a file of (adapter, prompt) requests, many adapters per batch.
+
+    tinylora serve --model base-mini --adapter e2e=runs/e2e/adapter --adapter poem=runs/poem/adapter \\
+                   --requests requests.jsonl --out completions.jsonl
+
+requests.jsonl, one request per line:   {"adapter": "e2e", "prompt": "name[The Eagle] ||"}
+                                          ("adapter": "base", or absent, means the base model alone)
+completions.jsonl, in the same order:   {"adapter": ..., "prompt": ..., "completion": ...}
+
+The base is loaded once; every adapter is loaded beside it under its name
+(tinylora.lora.load_named_adapter). Requests are batched with each row running
+its own adapter (tinylora.lora.mixed). The model has no padding mask, so a batch
+holds prompts of one token length: requests are grouped by length, then cut into
+batches of --batch-size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tinylora.io import _atomic_write
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="batch generation over a JSONL of (adapter, prompt) requests",
+                       description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="an adapter folder (save_adapter / finetune) served as NAME; repeat for more")
+    p.add_argument("--requests", required=True, help="JSONL file of {\"adapter\", \"prompt\"}")
+    p.add_argument("--out", required=True, help="JSONL file of completions to write")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) means greedy")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+
+
+def _adapters(specs) -> dict:
+    adapters = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter takes NAME=DIR, got {spec!r}")
+        if name in adapters:
+            raise ValueError(f"--adapter: the name '{name}' is given twice")
+        adapters[name] = path
+    return adapters
+
+
+def read_requests(path) -> list:
+    """The requests of a JSONL file: [{"adapter": str, "prompt": str}, ...] ("base" when no adapter is named)."""
+    requests = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(f"{path}:{number}: a request needs a \"prompt\" string")
+            requests.append({"adapter": row.get("adapter") or "base", "prompt": row["prompt"]})
+    if not requests:
+        raise ValueError(f"{path} holds no requests")
+    return requests
+
+
+def serve(model, tokenizer, requests: list, max_new_tokens: int, temperature: float, batch_size: int,
+          mixed: bool = True) -> list:
+    """Completions for `requests`, in order; each batch mixes adapters (mixed=False: a model without LoRA)."""
+    import numpy as np
+
+    from tinylora.model.generate import generate
+
+    encoded = [tokenizer.encode(r["prompt"]) or [tokenizer.eot_id or 0] for r in requests]
+    by_length = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    completions = [None] * len(requests)
+    for length, rows in sorted(by_length.items()):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            idx = np.array([encoded[i] for i in batch], dtype=np.int64)  # (B, length)
+            names = [requests[i]["adapter"] for i in batch] if mixed else None  # None: no LoRA at all
+            out = generate(model, idx, max_new_tokens, temperature=temperature, eos_token=tokenizer.eot_id,
+                           adapter_ids=names).numpy()
+            for i, row in zip(batch, out):
+                text = tokenizer.decode(row[length:].tolist())
+                completions[i] = text.split("<|endoftext|>")[0]
+    return completions
+
+
+def run(args) -> None:
+    from tinylora import manual_seed
+    from tinylora.lora import list_adapters, load_named_adapter
+    from tinylora.lora.adapters import BASE
+    from tinylora.model.load import load_model
+
+    adapters = _adapters(args.adapter)
+    requests = read_requests(args.requests)
+    model, tokenizer = load_model(args.model, device=args.device)
+    for name, path in adapters.items():
+        load_named_adapter(model, path, name)
+    known = list_adapters(model) if adapters else []
+    unknown = sorted({r["adapter"] for r in requests} - set(known) - {BASE})
+    if unknown:
+        raise ValueError(f"requests name adapters {unknown} that no --adapter gives (given: {known or 'none'})")
+    manual_seed(args.seed)
+    started = time.perf_counter()
+    completions = serve(model, tokenizer, requests, args.max_new_tokens, args.temperature, args.batch_size,
+                        mixed=bool(adapters))
+    seconds = time.perf_counter() - started
+    text = "".join(json.dumps({**r, "completion": c}, ensure_ascii=False) + "\n" for r, c in zip(requests, completions))
+
+    def write(temp):
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(args.out, write)
+    print(f"{len(requests)} requests, {len(adapters)} adapters: {seconds:.1f} s; wrote {args.out}")
