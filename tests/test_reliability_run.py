@@ -114,6 +114,8 @@ def test_help_shows_every_default_and_descriptions(capsys):
 
     parser = build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
+        if name not in ("demo", "pretrain", "finetune", "generate", "merge", "info"):
+            continue  # analyze, serve, download: tests/test_cli_multi.py
         assert sub.description, f"tinylora {name} has no description"
         text = sub.format_help()
         for action in sub._actions:
