@@ -8,6 +8,11 @@ Reference libraries (torch, transformers, peft, tokenizers) are optional for a
 student: tests that need one call `require("torch")`, which skips when it is
 missing, unless TINYLORA_REQUIRE_REF=1 (set by .ci/run), where a missing
 library is a failure, so a broken install can never pass as green.
+
+Test helpers live beside this file: `gradcheck.py` (central differences with a
+random upstream gradient) and `strategies.py` (the hypothesis strategies several
+files share). Tests slower than ~3 s are marked `slow`; the README's fast command
+(`python -m pytest -q -m "not slow"`) skips them, CI runs everything.
 """
 
 from __future__ import annotations

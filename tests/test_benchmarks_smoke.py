@@ -139,6 +139,7 @@ def test_inference_adapter_and_ceiling_entry_points(tmp_path):
     assert ceil["ceiling_gflops_per_second"]["numpy"] > 0
 
 
+@pytest.mark.slow  # imports torch (and transformers) in a fresh process
 @pytest.mark.parametrize("impl", ["torch", "hf"])
 def test_peer_memory_and_speed(tmp_path, impl):
     require("torch")
@@ -180,6 +181,7 @@ def test_run_all_suites_list_jobs_and_report_builds_results_md(tmp_path, capsys)
     assert "not measured" in text  # no GPT-2 run here: the targets say so instead of guessing
 
 
+@pytest.mark.slow  # matplotlib renders every figure
 def test_plots_write_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     from benchmarks import plots

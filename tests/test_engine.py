@@ -1,4 +1,4 @@
-"""The engine's memory and graph invariants, each a test (STYLE.md: "Each of these is a test, not a hope").
+"""The engine's memory and graph invariants, each a test, not a hope (the README's claims table cites them).
 
 - a node saves only what its backward needs (frozen-weight matmul keeps no input);
 - nodes are released as backward passes them, with no reference cycles;

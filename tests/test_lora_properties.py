@@ -193,6 +193,7 @@ def test_each_adapted_matrix_adds_r_times_d_plus_k(s):
     assert report["percent_trainable"] == pytest.approx(100 * counted / (base_total + expected))
 
 
+@pytest.mark.slow  # builds and initialises the real 124M-parameter model (0.5 GB)
 def test_gpt2_small_r4_on_q_and_v_trains_147456_parameters():
     """The paper's GPT-2 setting on the real 124M model, built once (no forward pass needed)."""
     model = GPT(GPTConfig.gpt2())

@@ -14,33 +14,25 @@ from gradcheck import gradcheck, random_array
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from strategies import (
+    seeds,
+    shape_and_axes,
+    shape_and_basic_index,
+    shape_and_multi_array_index,
+    shape_and_repeating_index,
+    sides,
+    small_shapes,
+)
 
 import tinylora
 import tinylora.functional as F
 from tinylora.engine.autograd import Function
-
-seeds = st.integers(0, 2**16)
-sides = st.integers(1, 3)
-small_shapes = hnp.array_shapes(min_dims=0, max_dims=3, max_side=3)
 
 
 def leaf(shape, seed=0, kind="normal", requires_grad=True):
     """A float64 leaf tensor of `shape` with values of `kind` (see random_array)."""
     return tinylora.tensor(random_array(shape, seed, kind), dtype="float64", requires_grad=requires_grad)
 
-
-@st.composite
-def shape_and_axes(draw, min_dims=0):
-    """(shape, axis) where axis is None, an int or a tuple of distinct ints, any of them negative."""
-    shape = draw(hnp.array_shapes(min_dims=min_dims, max_dims=3, max_side=3))
-    ndim = len(shape)
-    form = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none"]))
-    if form == "none":
-        return shape, None
-    if form == "int":
-        return shape, draw(st.integers(-ndim, ndim - 1))
-    axes = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
-    return shape, tuple(a - ndim if draw(st.booleans()) else a for a in axes)
 
 
 def reduced_count(shape, axis):
@@ -231,11 +223,6 @@ def test_permute_and_T(shape_axes, seed):
 
 
 # ----------------------------------------------------------------- indexing
-@st.composite
-def shape_and_basic_index(draw):
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
-    return shape, draw(hnp.basic_indices(shape, allow_newaxis=True, allow_ellipsis=True))
-
 
 @given(shape_index=shape_and_basic_index(), seed=seeds)
 def test_getitem_basic(shape_index, seed):
@@ -244,33 +231,12 @@ def test_getitem_basic(shape_index, seed):
     gradcheck(lambda x: x[index], [leaf(shape, seed)])
 
 
-@st.composite
-def shape_and_repeating_index(draw):
-    """An integer array along one axis, longer than that axis, so some index repeats (pigeonhole)."""
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=3))
-    axis = draw(st.integers(0, len(shape) - 1))
-    n = shape[axis]
-    picks = draw(st.lists(st.integers(-n, n - 1), min_size=n + 1, max_size=n + 3))
-    form = draw(st.sampled_from(["array", "tensor", "list", "ellipsis"]))
-    if form == "array":
-        picks = np.array(picks)
-    elif form == "tensor":
-        picks = tinylora.tensor(picks)
-    elif form == "ellipsis":  # x[..., picks, :, ...]: the Ellipsis stands for the leading axes
-        return shape, (Ellipsis, np.array(picks)) + (slice(None),) * (len(shape) - 1 - axis)
-    return shape, (slice(None),) * axis + (picks,)
-
 
 @given(shape_index=shape_and_repeating_index(), seed=seeds)
 def test_getitem_repeated_integer_indices(shape_index, seed):
     shape, index = shape_index
     gradcheck(lambda x: x[index], [leaf(shape, seed)])
 
-
-@st.composite
-def shape_and_multi_array_index(draw):
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=3))
-    return shape, draw(hnp.integer_array_indices(shape, result_shape=hnp.array_shapes(max_dims=2, max_side=4)))
 
 
 @given(shape_index=shape_and_multi_array_index(), seed=seeds)

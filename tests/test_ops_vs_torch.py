@@ -19,16 +19,21 @@ from gradcheck import random_array
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from strategies import (
+    seeds,
+    shape_and_axes,
+    shape_and_basic_index,
+    shape_and_multi_array_index,
+    shape_and_repeating_index,
+    sides,
+    small_shapes,
+)
 
 import tinylora
 import tinylora.functional as F
 from tinylora.engine.backend import to_host
 
 RTOL, ATOL = 1e-10, 1e-12  # float64 on both sides; see the module docstring
-
-seeds = st.integers(0, 2**16)
-sides = st.integers(1, 3)
-small_shapes = hnp.array_shapes(min_dims=0, max_dims=3, max_side=3)
 
 
 @pytest.fixture(scope="module")
@@ -166,19 +171,6 @@ def test_linear(torch, batch, d_in, d_out, seed, x_grad, w_grad, bias):
 
 
 # ----------------------------------------------------------------- reductions
-@st.composite
-def shape_and_axes(draw):
-    """(shape, axis): axis is None, an int or a tuple of distinct ints, any of them negative."""
-    shape = draw(small_shapes)
-    ndim = len(shape)
-    form = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none"]))
-    if form == "none":
-        return shape, None
-    if form == "int":
-        return shape, draw(st.integers(-ndim, ndim - 1))
-    axes = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
-    return shape, tuple(a - ndim if draw(st.booleans()) else a for a in axes)
-
 
 def torch_dim(axis, ndim):
     """torch wants every axis listed where NumPy says None (torch.amax has no None)."""
@@ -244,45 +236,19 @@ def test_permute_and_T(torch, shape, data, seed):
 
 
 # ----------------------------------------------------------------- indexing
-def _steps_positive(index):
-    """torch slices cannot step backwards, so keep only indices whose slices step forwards."""
-    items = index if isinstance(index, tuple) else (index,)
-    return all(not isinstance(i, slice) or i.step is None or i.step > 0 for i in items)
 
-
-@st.composite
-def shape_and_basic_index(draw):
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
-    index = draw(hnp.basic_indices(shape, allow_newaxis=True, allow_ellipsis=True).filter(_steps_positive))
-    return shape, index
-
-
-@given(shape_index=shape_and_basic_index(), seed=seeds)
+@given(shape_index=shape_and_basic_index(backward_steps=False), seed=seeds)
 def test_getitem_basic(torch, shape_index, seed):
     shape, index = shape_index
     check_against_torch(torch, lambda x: x[index], lambda x: x[index], [random_array(shape, seed)], seed=seed)
 
 
-@st.composite
-def shape_and_repeating_index(draw):
-    """An integer array along one axis, longer than the axis, so some index repeats."""
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=3))
-    axis = draw(st.integers(0, len(shape) - 1))
-    n = shape[axis]
-    picks = np.array(draw(st.lists(st.integers(-n, n - 1), min_size=n + 1, max_size=n + 3)))
-    return shape, (slice(None),) * axis + (picks,)
 
-
-@given(shape_index=shape_and_repeating_index(), seed=seeds)
+@given(shape_index=shape_and_repeating_index(forms=("array",)), seed=seeds)
 def test_getitem_repeated_integer_indices(torch, shape_index, seed):
     shape, index = shape_index
     check_against_torch(torch, lambda x: x[index], lambda x: x[torch_index(torch, index)], [random_array(shape, seed)], seed=seed)
 
-
-@st.composite
-def shape_and_multi_array_index(draw):
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=3))
-    return shape, draw(hnp.integer_array_indices(shape, result_shape=hnp.array_shapes(max_dims=2, max_side=4)))
 
 
 @given(shape_index=shape_and_multi_array_index(), seed=seeds)

@@ -12,6 +12,7 @@ from tinylora import cli
 ASSETS = os.path.join(os.path.dirname(tinylora.__file__), "assets")
 
 
+@pytest.mark.slow  # a real (short) pretraining run: minutes on a 2-core machine
 def test_short_pretrain_run_reproduces_the_recorded_validation_loss(tmp_path):
     check = json.load(open(os.path.join(ASSETS, "pretrain_check.json")))
     argv = check["command"].replace("OUT", str(tmp_path / "model")).split()[1:]  # drop "tinylora"

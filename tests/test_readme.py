@@ -2,9 +2,12 @@
 
 import os
 
+import pytest
+
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 
+@pytest.mark.slow  # 50 LoRA steps on the shipped base: minutes on a 2-core machine
 def test_readme_lora_example_runs_and_learns():
     text = open(README, encoding="utf-8").read()
     start = text.index("## LoRA in a few lines")

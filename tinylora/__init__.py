@@ -21,7 +21,7 @@ from tinylora.engine.tensor import Tensor, arange, float32, float64, int64, ones
 
 __version__ = "0.2.0"
 
-_moved.install()  # old module paths (tinylora.gpt, tinylora.hf, ...) still import, with a warning
+_moved.install()  # the 0.1 module paths (listed in _moved.py) still import, with a warning
 
 __all__ = [
     "GPT", "GPTConfig", "Tensor", "arange", "backend", "device", "float32", "float64", "functional", "int64",

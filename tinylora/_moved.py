@@ -29,8 +29,14 @@ MOVED = {
 }
 
 
+# `tinylora.ops` itself re-exported every op; those names now live in tinylora.functional (its files in engine/ops/)
+RENAMED_PACKAGE_NAMES = {"tinylora.ops": "tinylora.functional"}
+
+
 def new_name(old: str) -> str | None:
     """'tinylora.backend.memory' -> 'tinylora.engine.backend.memory'; None if `old` did not move."""
+    if old in RENAMED_PACKAGE_NAMES:
+        return RENAMED_PACKAGE_NAMES[old]
     for prefix, target in MOVED.items():
         if old == prefix or old.startswith(prefix + "."):
             return target + old[len(prefix):]
@@ -50,7 +56,7 @@ class _Loader(importlib.abc.Loader):
         target = importlib.import_module(self.target)
         module.__getattr__ = lambda name: getattr(target, name)  # PEP 562: looked up when `name` is missing
         module.__doc__ = target.__doc__
-        if hasattr(target, "__path__"):
+        if hasattr(target, "__path__") or module.__name__ in RENAMED_PACKAGE_NAMES:
             module.__path__ = []  # a package, so `tinylora.backend.memory` can be imported below it
 
 

@@ -4,7 +4,7 @@
     tinylora pretrain --data DIR --out MODEL        train a small GPT from scratch
     tinylora finetune --base MODEL --data FILE      full fine-tuning or LoRA (--method)
     tinylora generate --model MODEL [--adapter A]   sample text
-    tinylora merge --base MODEL --adapter A --out M W = W0 + (alpha/r) B A, saved as a plain model
+    tinylora merge --base MODEL --adapter A --out M W = W0 + (α/r) B A, saved as a plain model
     tinylora info --model MODEL [--rank r]          parameter counts
     tinylora analyze [--out DIR]                    the paper's rank analyses (φ, Table 7, rank sweep)
     tinylora serve --requests FILE --adapter N=DIR  batch generation, many adapters in one batch

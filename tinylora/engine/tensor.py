@@ -70,7 +70,7 @@ class Tensor:
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
-        memory.track(data, "other")
+        memory.track(data, "other")  # memory: counted as "other" until a Parameter, grad or node retags it
 
     # ------------------------------------------------------------------ basics
     @property
@@ -133,7 +133,23 @@ class Tensor:
         return Tensor(self.data, device=self.device)
 
     def backward(self, grad=None) -> None:
-        """Backpropagate; see `tinylora.autograd.backward`. Frees the graph as it goes."""
+        """Backpropagate dL/d(self) = `grad` (1 if omitted, for a single-element tensor) into every leaf's
+        `.grad`; see `tinylora/engine/autograd.py`. Frees the graph as it goes."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (was it made under no_grad?)")
+        xp = self.device.xp
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() on a tensor of shape {self.shape} needs an explicit upstream gradient "
+                    "of the same shape (only a single-element tensor gets the implicit gradient 1)"
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(): gradient shape {grad.shape} does not match tensor shape {self.shape}")
+            grad = grad.astype(self.dtype, copy=True)  # our own buffer: the caller may reuse theirs
         autograd.backward(self, grad)
 
     def zero_grad(self) -> None:
@@ -141,9 +157,7 @@ class Tensor:
 
     def to(self, device=None, dtype=None) -> "Tensor":
         """This tensor on another device and/or with another float dtype (differentiable)."""
-        from tinylora.engine.ops.shape import to
-
-        return to(self, device=device, dtype=dtype)
+        return F.to(self, device=device, dtype=dtype)
 
     def float(self) -> "Tensor":
         return self.to(dtype=float32)
@@ -180,46 +194,46 @@ class Tensor:
         return a, b
 
     def __add__(self, other):
-        return _ops.add(*self._operands(other))
+        return F.add(*self._operands(other))
 
     def __radd__(self, other):
-        return _ops.add(*self._operands(other, reverse=True))
+        return F.add(*self._operands(other, reverse=True))
 
     def __sub__(self, other):
-        return _ops.sub(*self._operands(other))
+        return F.sub(*self._operands(other))
 
     def __rsub__(self, other):
-        return _ops.sub(*self._operands(other, reverse=True))
+        return F.sub(*self._operands(other, reverse=True))
 
     def __mul__(self, other):
-        return _ops.mul(*self._operands(other))
+        return F.mul(*self._operands(other))
 
     def __rmul__(self, other):
-        return _ops.mul(*self._operands(other, reverse=True))
+        return F.mul(*self._operands(other, reverse=True))
 
     def __truediv__(self, other):
         a, b = self._operands(other)
         if a.dtype.kind != "f":  # true division of integers gives floats, as in PyTorch
             a, b = Tensor(a.data.astype(float32), device=a.device), Tensor(b.data.astype(float32), device=b.device)
-        return _ops.div(a, b)
+        return F.div(a, b)
 
     def __rtruediv__(self, other):
         a, b = self._operands(other, reverse=True)
         if a.dtype.kind != "f":
             a, b = Tensor(a.data.astype(float32), device=a.device), Tensor(b.data.astype(float32), device=b.device)
-        return _ops.div(a, b)
+        return F.div(a, b)
 
     def __neg__(self):
-        return _ops.neg(self)
+        return F.neg(self)
 
     def __pow__(self, exponent):
-        return _ops.pow(self, exponent)
+        return F.pow(self, exponent)
 
     def __matmul__(self, other):
-        return _ops.matmul(self, other)
+        return F.matmul(self, other)
 
     def __getitem__(self, index):
-        return _ops.getitem(self, index)
+        return F.getitem(self, index)
 
     # comparisons give bool tensors that carry no gradient (useful as masks)
     def __gt__(self, other):
@@ -238,59 +252,59 @@ class Tensor:
 
     # ------------------------------------------------------------ method ops
     def exp(self):
-        return _ops.exp(self)
+        return F.exp(self)
 
     def log(self):
-        return _ops.log(self)
+        return F.log(self)
 
     def sqrt(self):
-        return _ops.sqrt(self)
+        return F.sqrt(self)
 
     def tanh(self):
-        return _ops.tanh(self)
+        return F.tanh(self)
 
     def relu(self):
-        return _ops.relu(self)
+        return F.relu(self)
 
     def sum(self, axis=None, keepdims=False, *, dim=None):
-        return _ops.sum(self, axis=axis, keepdims=keepdims, dim=dim)
+        return F.sum(self, axis=axis, keepdims=keepdims, dim=dim)
 
     def mean(self, axis=None, keepdims=False, *, dim=None):
-        return _ops.mean(self, axis=axis, keepdims=keepdims, dim=dim)
+        return F.mean(self, axis=axis, keepdims=keepdims, dim=dim)
 
     def max(self, axis=None, keepdims=False, *, dim=None):
-        return _ops.max(self, axis=axis, keepdims=keepdims, dim=dim)
+        return F.max(self, axis=axis, keepdims=keepdims, dim=dim)
 
     def var(self, axis=None, keepdims=False, ddof=0, *, dim=None):
-        return _ops.var(self, axis=axis, keepdims=keepdims, ddof=ddof, dim=dim)
+        return F.var(self, axis=axis, keepdims=keepdims, ddof=ddof, dim=dim)
 
     def reshape(self, *shape):
-        return _ops.reshape(self, *shape)
+        return F.reshape(self, *shape)
 
     def view(self, *shape):
-        return _ops.reshape(self, *shape)
+        return F.reshape(self, *shape)
 
     def transpose(self, dim0=-2, dim1=-1):
-        return _ops.transpose(self, dim0, dim1)
+        return F.transpose(self, dim0, dim1)
 
     def permute(self, *axes):
-        return _ops.permute(self, *axes)
+        return F.permute(self, *axes)
 
     @property
     def T(self):
-        return _ops.permute(self, *reversed(range(self.ndim)))
+        return F.permute(self, *reversed(range(self.ndim)))
 
-    def split(self, split_size_or_sections, axis=0, *, dim=None):
-        return _ops.split(self, split_size_or_sections, axis=axis, dim=dim)
+    def split(self, split_size_or_sections, axis=None, *, dim=None):
+        return F.split(self, split_size_or_sections, axis=axis, dim=dim)
 
     def masked_fill(self, mask, value):
-        return _ops.masked_fill(self, mask, value)
+        return F.masked_fill(self, mask, value)
 
-    def softmax(self, axis=-1, *, dim=None):
-        return _ops.softmax(self, axis=axis, dim=dim)
+    def softmax(self, axis=None, *, dim=None):
+        return F.softmax(self, axis=axis, dim=dim)
 
-    def log_softmax(self, axis=-1, *, dim=None):
-        return _ops.log_softmax(self, axis=axis, dim=dim)
+    def log_softmax(self, axis=None, *, dim=None):
+        return F.log_softmax(self, axis=axis, dim=dim)
 
 
 def check_same_device_and_dtype(op_name: str, inputs) -> tuple:
@@ -312,6 +326,15 @@ def check_same_device_and_dtype(op_name: str, inputs) -> tuple:
                     "tinylora never promotes silently: convert one with .float() or .double()"
                 )
     return device, float_dtype
+
+
+def check_output_dtype(op_name: str, float_dtype, out) -> None:
+    """Refuse an op output whose float dtype differs from its float inputs' (a silent promotion)."""
+    if float_dtype is not None and out.dtype.kind == "f" and out.dtype != float_dtype:
+        raise RuntimeError(
+            f"{op_name} turned {float_dtype} inputs into {out.dtype}: an op must keep the dtype "
+            "(look for a NumPy float64 scalar such as np.sqrt(2.0) mixed into float32 math)"
+        )
 
 
 # ------------------------------------------------------------- constructors
@@ -362,4 +385,4 @@ def arange(*args, device=None, dtype=None) -> Tensor:
     return Tensor(data, device=dev)
 
 
-from tinylora.engine import ops as _ops  # noqa: E402  (ops need Tensor defined first)
+from tinylora import functional as F  # noqa: E402  (the ops need Tensor defined first)

@@ -319,6 +319,8 @@ class GPT(nn.Module):
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must have shape (B, T), got {idx.shape}")
         t = idx.shape[1]
+        if t == 0 or idx.shape[0] == 0:
+            raise ValueError(f"GPT: idx has shape {idx.shape}: a forward pass needs at least one sequence of one token")
         if past + t > self.config.block_size:
             where = f" after the {past} positions in the kv_cache" if past else ""
             raise ValueError(

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 
-from tinylora.engine import ops
+import tinylora.functional as F
 from tinylora.engine.tensor import zeros
 from tinylora.nn import init
 from tinylora.nn.module import Module
 from tinylora.nn.parameter import Parameter
+
+
+def _check_sizes(layer: str, **sizes) -> None:
+    """Refuse a size that is not a positive int, naming it (Linear(0, 4) would divide by zero in its init)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
 
 
 class Linear(Module):
@@ -20,6 +27,7 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(zeros(out_features, in_features, device=device, dtype=dtype))
         init.kaiming_uniform_(self.weight)
@@ -30,7 +38,7 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x):
-        return ops.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -41,12 +49,13 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
         super().__init__()
+        _check_sizes("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(zeros(num_embeddings, embedding_dim, device=device, dtype=dtype))
         init.normal_(self.weight)
 
     def forward(self, indices):
-        return ops.embedding(indices, self.weight)
+        return F.embedding(indices, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -57,13 +66,14 @@ class LayerNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
+        _check_sizes("LayerNorm", dim=dim)
         self.dim, self.eps = dim, eps
         self.weight = Parameter(zeros(dim, device=device, dtype=dtype))
         init.ones_(self.weight)
         self.bias = Parameter(zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x):
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -79,7 +89,7 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x):
-        return ops.dropout(x, self.p, self.training)
+        return F.dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -2,8 +2,9 @@
 
 Assigning a Parameter or a Module to an attribute registers it, in order, so
 `named_parameters()` yields names such as "blocks.0.attn.q.weight". A
-Parameter shared by two modules (GPT-2's tied embedding and LM head) is
-yielded once, under the first name it was found at.
+Parameter registered by two modules (weight tying, e.g. an LM-head Linear
+handed the embedding's weight) is yielded once, under the first name it was
+found at. (tinylora's GPT has no head module: it computes x @ wte.weight.T.)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ class Parameter(Tensor):
             device = device or data.device
             data = data.data
         super().__init__(data, requires_grad=requires_grad, device=device, dtype=dtype)
-        memory.track(self.data, "parameters")
+        memory.track(self.data, "parameters")  # memory: counted as "parameters"
 
     def __repr__(self) -> str:
         return "Parameter(" + super().__repr__() + ")"

@@ -52,7 +52,8 @@ FULL_LR = 1e-3
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (the `tinylora` command has a flag for each: --max-steps for max_steps, ...)."""
+    """Settings of one training run. `tinylora pretrain`/`finetune` set each field with the flag of the same
+    name (--max-steps for max_steps, --min-lr-ratio, --log-every); --no-progress sets progress=False."""
 
     max_steps: int = 200
     batch_size: int = 8
@@ -107,7 +108,7 @@ class TrainResult:
     val_loss_before: float | None = None
     val_loss_after: float | None = None
     step_times: list = field(default_factory=list)  # seconds per step
-    peak_bytes: int = 0  # peak bytes of live tensor data during training (tinylora.backend.memory)
+    peak_bytes: int = 0  # peak bytes of live tensor data during training (tinylora.engine.backend.memory)
     peak_split: dict = field(default_factory=dict)  # that peak by category
     trainable: int = 0  # number of trainable parameters
 

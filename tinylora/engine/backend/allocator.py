@@ -12,9 +12,10 @@ resident memory stays the same (it is the peak either way); what changes is
 that the process keeps it between steps. PyTorch users get the same effect
 from its caching allocator on GPUs, or from these glibc settings on CPUs.
 
-Call it once, before the first large allocation (the benchmarks do, for every
-contender, through the same environment variables glibc reads:
-MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_).
+Call it once, before the first large allocation. Nothing in tinylora calls it
+today: the benchmarks get the same effect for every contender alike by setting
+the environment variables glibc reads, MALLOC_MMAP_MAX_=0 and
+MALLOC_TRIM_THRESHOLD_ (`python benchmarks/run_all.py --allocator keep`).
 """
 
 from __future__ import annotations

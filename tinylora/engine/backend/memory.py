@@ -6,8 +6,8 @@ activations are saved for backward. To show that, tinylora tags every array it
 hands out with one category:
 
     parameters   weights and biases (frozen or trainable)
-    gradients    `.grad` of trainable leaves
     optimizer    optimizer state (momentum, Adam's m and v)
+    gradients    `.grad` of trainable leaves
     saved        arrays an op node keeps for its backward pass
     other        everything else that a Tensor holds (activations, inputs, outputs)
 

@@ -4,13 +4,10 @@ The readable version, three ops and three nodes (see `causal_softmax_reference`)
 
     att = softmax(masked_fill(scores * scale, future, -inf), axis=-1)
 
-allocates a new (B, nh, T, S) array for each op, forward and backward. This
-node computes the same thing in one buffer and keeps only the output:
-
-    forward:   y = softmax(scale * s) over the visible positions, 0 where `future` is True
-    backward:  ds = scale * y * (dy - sum(dy * y))     (sum over the last axis)
-
-(A masked position has y = 0, so its gradient is 0 without a separate step.)
+allocates a new (B, nh, T, S) array for each op, forward and backward. The
+CausalSoftmax node (its docstring has the math) computes the same thing in one
+buffer and keeps only the output. A masked position has y = 0, so its gradient
+is 0 without a separate step.
 `tests/test_attention_fused.py` checks that the two agree, forward and backward.
 """
 
@@ -22,6 +19,13 @@ from tinylora.engine.ops.softmax import softmax
 
 
 class CausalSoftmax(Function):
+    """y = softmax(scale * s) along the last axis over the visible positions, 0 where `future` is True.
+
+        s, y: (B, nh, T, S);  future: (T, S) bool;  ds = scale * y * (dy - sum(dy * y))  (last axis)
+
+    Keeps only y.
+    """
+
     def forward(self, scores, scale, future):
         xp = self.xp
         y = xp.multiply(scores, scale)  # (B, nh, T, S): the only new array

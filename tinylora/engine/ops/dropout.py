@@ -1,6 +1,4 @@
-"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
-
-    y = x * mask / (1 - p),  mask ~ Bernoulli(1 - p)      backward: dx = dy * mask / (1 - p)
+"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p) (math: Dropout's docstring).
 
 The mask comes from tinylora's seeded generator (`tinylora.manual_seed`), drawn
 on the tensor's device. In eval mode, or with p = 0, dropout is the identity and
@@ -14,8 +12,13 @@ from tinylora.engine.random import device_rng
 
 
 class Dropout(Function):
+    """y = x * mask / (1 - p), mask ~ Bernoulli(1 - p) per element;  dx = dy * mask / (1 - p).
+
+    Keeps the bool mask (one byte per element).
+    """
+
     def forward(self, x, p, device):
-        keep = device_rng(device).random(x.shape, dtype=x.dtype) >= p  # bool: 1 byte per element
+        keep = device_rng(device).random(x.shape, dtype=x.dtype) >= p  # the mask, bool
         self.scale = 1.0 / (1.0 - p)
         self.save_for_backward(keep)
         return x * keep * self.scale

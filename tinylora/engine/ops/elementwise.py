@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import numbers
 
-from tinylora.engine.autograd import Function, unbroadcast
-from tinylora.engine.ops._util import broadcast_shapes
+from tinylora.engine.autograd import Function
+from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 class Add(Function):
-    # forward: y = a + b          backward: da = dy, db = dy (summed to each shape)
+    """y = a + b (a, b broadcast to y's shape).
+
+    da = dy, db = dy, each summed over the axes its input was broadcast along (`unbroadcast`).
+    """
+
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         return a + b
@@ -26,7 +30,8 @@ class Add(Function):
 
 
 class Sub(Function):
-    # forward: y = a - b          backward: da = dy, db = -dy
+    """y = a - b (broadcast).   da = dy, db = -dy (each unbroadcast to its input's shape)."""
+
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         return a - b
@@ -37,10 +42,13 @@ class Sub(Function):
 
 
 class Mul(Function):
-    # forward: y = a * b          backward: da = dy * b, db = dy * a
+    """y = a * b (elementwise, broadcast).   da = dy * b, db = dy * a (each unbroadcast).
+
+    da needs b and db needs a, so the node keeps b only if a needs a gradient, and a only if b does.
+    """
+
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        # da needs b, db needs a: keep only those
         self.save_for_backward(b if self.needs_input_grad[0] else None, a if self.needs_input_grad[1] else None)
         return a * b
 
@@ -52,7 +60,8 @@ class Mul(Function):
 
 
 class Div(Function):
-    # forward: y = a / b          backward: da = dy / b, db = -dy * a / b^2
+    """y = a / b (broadcast).   da = dy / b, db = -dy * a / b^2 (each unbroadcast). Keeps b, and a if db is needed."""
+
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         self.save_for_backward(a if self.needs_input_grad[1] else None, b)
@@ -66,7 +75,8 @@ class Div(Function):
 
 
 class Neg(Function):
-    # forward: y = -x             backward: dx = -dy
+    """y = -x.   dx = -dy."""
+
     def forward(self, x):
         return -x
 
@@ -75,7 +85,8 @@ class Neg(Function):
 
 
 class Pow(Function):
-    # forward: y = x^p (p a constant)     backward: dx = dy * p * x^(p-1)
+    """y = x^p for a constant Python number p.   dx = dy * p * x^(p-1). Keeps x."""
+
     def forward(self, x, exponent):
         self.exponent = exponent
         self.save_for_backward(x)
@@ -87,7 +98,8 @@ class Pow(Function):
 
 
 class Exp(Function):
-    # forward: y = e^x            backward: dx = dy * y  (so we save the output, not x)
+    """y = e^x.   dx = dy * y, so the node keeps the output y, not x."""
+
     def forward(self, x):
         y = self.xp.exp(x)
         self.save_for_backward(y)
@@ -99,7 +111,8 @@ class Exp(Function):
 
 
 class Log(Function):
-    # forward: y = ln x           backward: dx = dy / x
+    """y = ln x.   dx = dy / x. Keeps x."""
+
     def forward(self, x):
         self.save_for_backward(x)
         return self.xp.log(x)
@@ -110,7 +123,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
-    # forward: y = sqrt(x)        backward: dx = dy / (2 y)
+    """y = sqrt(x).   dx = dy / (2 y). Keeps y."""
+
     def forward(self, x):
         y = self.xp.sqrt(x)
         self.save_for_backward(y)
@@ -122,7 +136,8 @@ class Sqrt(Function):
 
 
 class Tanh(Function):
-    # forward: y = tanh x         backward: dx = dy * (1 - y^2)
+    """y = tanh x.   dx = dy * (1 - y^2). Keeps y."""
+
     def forward(self, x):
         y = self.xp.tanh(x)
         self.save_for_backward(y)
@@ -134,7 +149,11 @@ class Tanh(Function):
 
 
 class ReLU(Function):
-    # forward: y = max(x, 0)      backward: dx = dy where x > 0, else 0 (the gradient at 0 is 0)
+    """y = max(x, 0).   dx = dy where x > 0, else 0 (the gradient at 0 is taken to be 0, as in PyTorch).
+
+    Keeps the bool mask x > 0: one byte per element instead of four.
+    """
+
     def forward(self, x):
         positive = x > 0
         self.save_for_backward(positive)  # a bool mask: 1 byte per element instead of 4

@@ -1,14 +1,10 @@
-"""GELU, the tanh approximation GPT-2 uses:
+"""GELU, the tanh approximation GPT-2 uses (the math is in GELU's docstring).
 
-    y = 0.5 x (1 + tanh(u)),   u = sqrt(2/pi) (x + 0.044715 x^3)
-    dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-
-`gelu_reference_forward` / `gelu_reference_backward` are those two lines as
+`gelu_reference_forward` / `gelu_reference_backward` are its two formulas as
 written. The GELU node computes the same values in one reused buffer (forward)
 or two (backward), because the MLP activation is the largest array of a block
 and every temporary of its size costs a pass over memory;
 `tests/test_ops_gradcheck.py` and `tests/test_gelu_fast.py` check both.
-The node keeps only x and recomputes tanh(u) in backward (one saved array, not two).
 """
 
 from __future__ import annotations
@@ -33,6 +29,13 @@ def gelu_reference_backward(xp, x, grad):
 
 
 class GELU(Function):
+    """y = 0.5 x (1 + tanh u),  u = sqrt(2/pi) (x + 0.044715 x^3);  y has x's shape.
+
+        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+
+    The node keeps only x and recomputes tanh u in backward (one saved array, not two).
+    """
+
     def forward(self, x):
         self.save_for_backward(x)
         xp = self.xp
@@ -43,8 +46,8 @@ class GELU(Function):
         y *= _C  # u = C x (1 + K x^2)
         xp.tanh(y, out=y)  # t = tanh(u)
         y += 1.0
-        y *= x
-        y *= 0.5  # 0.5 x (1 + t)
+        y *= 0.5  # 0.5 (1 + t), in [0, 1]
+        y *= x  # last, so a huge x (3e38 in float32) gives x back instead of overflowing 2x
         return y
 
     def backward(self, grad):

@@ -1,15 +1,4 @@
-"""Layer normalisation over the last axis, one fused node.
-
-    mean = (1/C) sum_c x_c,   rstd = 1 / sqrt((1/C) sum_c (x_c - mean)^2 + eps)
-    xhat = (x - mean) * rstd,  y = xhat * weight + bias          x, y: (..., C)
-
-Backward (with g = dy * weight, means over the last axis):
-
-    dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-    dweight = sum of dy * xhat,   dbias = sum of dy   (over every axis but the last)
-
-The node keeps xhat and rstd (like llm.c, it never keeps x and mean as well).
-"""
+"""Layer normalisation over the last axis, one fused node (the math is in LayerNorm's docstring)."""
 
 from __future__ import annotations
 
@@ -17,6 +6,20 @@ from tinylora.engine.autograd import Function
 
 
 class LayerNorm(Function):
+    """Normalise the last axis, then scale and shift.   x, y: (..., C); weight, bias: (C,)
+
+        mean = (1/C) sum_c x_c,   rstd = 1 / sqrt((1/C) sum_c (x_c - mean)^2 + eps)
+        xhat = (x - mean) * rstd,  y = xhat * weight + bias
+
+    Backward, with g = dy * weight and means over the last axis:
+
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        dweight = sum of dy * xhat,   dbias = sum of dy   (over every axis but the last)
+
+    The node keeps xhat (if x or weight needs a gradient), rstd and weight (if x does);
+    like llm.c it never keeps x or mean. weight is a parameter, alive anyway.
+    """
+
     def forward(self, x, weight, bias, eps):
         centered = x - x.mean(axis=-1, keepdims=True)
         rstd = 1.0 / self.xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)

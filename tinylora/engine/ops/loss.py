@@ -1,16 +1,9 @@
-"""Cross-entropy of logits against integer targets: one fused node.
+"""Cross-entropy of logits against integer targets: one fused node (the math is in CrossEntropy's docstring).
 
-For N positions with logits z_n (C classes) and targets t_n:
-
-    loss = -(1/M) * sum over kept n of log softmax(z_n)[t_n]
-
-where "kept" excludes targets equal to `ignore_index` (default -100, as in
-PyTorch) and M is the number kept: the mean is over non-ignored targets only.
-This is how a prompt/completion example puts the loss on the completion alone.
-
-Backward needs only the probabilities: dz_n = (softmax(z_n) - onehot(t_n)) * dL / M.
-The node keeps one (N, C) array of probabilities, not the logits, and turns it
-into the gradient in place during backward.
+The mean is over the M targets not equal to `ignore_index` (default -100, as in
+PyTorch): that is how a prompt/completion example puts the loss on the
+completion alone. Backward needs only the probabilities, so the node keeps one
+(N, C) array of them, not the logits, and turns it into the gradient in place.
 """
 
 from __future__ import annotations
@@ -19,11 +12,21 @@ from tinylora.engine.autograd import Function
 
 
 class CrossEntropy(Function):
+    """loss = -(1/M) sum over kept n of log softmax(z_n)[t_n];  z: (N, C) logits, t: (N,) targets,
+    kept: t_n != ignore_index, M: how many are kept.
+
+        dz_n = (softmax(z_n) - onehot(t_n)) * dL / M for kept n, 0 for ignored n
+
+    Keeps the (N, C) probabilities (and the targets and keep mask), not the logits.
+    """
+
     def forward(self, logits, targets, ignore_index):
         xp = self.xp
         n_classes = logits.shape[-1]
         z = logits.reshape(-1, n_classes)  # (N, C)
         t = targets.reshape(-1)  # (N,)
+        if t.size == 0:
+            raise ValueError(f"cross_entropy: logits of shape {logits.shape} hold no positions to average over")
         keep = t != ignore_index
         kept = int(keep.sum())
         if kept == 0:

@@ -10,8 +10,8 @@ So when W is frozen, the node saves W but not x.
 
 from __future__ import annotations
 
-from tinylora.engine.autograd import Function, unbroadcast
-from tinylora.engine.ops._util import broadcast_shapes
+from tinylora.engine.autograd import Function
+from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 def _swap_last(a):
@@ -19,8 +19,12 @@ def _swap_last(a):
 
 
 class MatMul(Function):
-    # forward: y = a @ b  (a: (..., n, k), b: (..., k, m), leading axes broadcast)
-    # backward: da = dy @ b^T, db = a^T @ dy
+    """y = a @ b,  a: (..., n, k), b: (..., k, m), y: (..., n, m); the leading axes broadcast.
+
+    da = dy @ b^T,  db = a^T @ dy (each summed over broadcast axes). da needs b and db needs a,
+    so the node keeps b only if a needs a gradient, and a only if b does.
+    """
+
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         self.save_for_backward(b if self.needs_input_grad[0] else None, a if self.needs_input_grad[1] else None)
@@ -40,8 +44,13 @@ class MatMul(Function):
 
 
 class Linear(Function):
-    # forward: y = x @ W.T + b   x: (..., in), W: (out, in), b: (out,)
-    # backward: dx = dy @ W, dW = dy.T @ x, db = sum of dy over every axis but the last
+    """y = x @ W^T + b,  x: (..., k), W: (d, k) = (out, in), b: (d,), y: (..., d).
+
+    dx = dy @ W,  dW = dy^T @ x (over all positions),  db = sum of dy over every axis but the last.
+    dx needs W (a parameter, alive anyway); dW needs x (an activation). So with W frozen
+    the node keeps W but not x: LoRA's frozen W0 costs no saved activation.
+    """
+
     def forward(self, x, weight, bias=None):
         self.x_shape = x.shape
         x2 = x.reshape(-1, x.shape[-1])  # (N, in): one matrix product for all positions

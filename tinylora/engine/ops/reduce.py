@@ -20,7 +20,8 @@ def _keep(grad, axes, keepdims, xp):
 
 
 class Sum(Function):
-    # forward: y = sum of x over `axes`     backward: dx = dy broadcast back to x's shape
+    """y = sum of x over `axes`.   dx = dy broadcast back to x's shape (a read-only view: no copy)."""
+
     def forward(self, x, axes, keepdims):
         self.x_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         return x.sum(axis=axes, keepdims=keepdims)
@@ -30,7 +31,8 @@ class Sum(Function):
 
 
 class Mean(Function):
-    # forward: y = (1/n) sum x              backward: dx = dy / n, broadcast
+    """y = (1/n) sum of x over `axes` (n elements each).   dx = dy / n, broadcast back to x's shape."""
+
     def forward(self, x, axes, keepdims):
         self.x_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         self.count = 1
@@ -44,7 +46,11 @@ class Mean(Function):
 
 
 class Max(Function):
-    # forward: y = max of x over `axes`     backward: dx = dy * [x == y] / (number of ties)
+    """y = max of x over `axes`.   dx = dy * [x == y] / (number of ties), so tied maxima share dy.
+
+    Keeps that share array (x's shape), not x.
+    """
+
     def forward(self, x, axes, keepdims):
         self.axes, self.keepdims = axes, keepdims
         y = x.max(axis=axes, keepdims=True)
@@ -59,7 +65,11 @@ class Max(Function):
 
 
 class Var(Function):
-    # forward: y = sum((x - mean)^2) / (n - ddof)     backward: dx = dy * 2 (x - mean) / (n - ddof)
+    """y = sum((x - mean)^2) / (n - ddof) over `axes`.   dx = dy * 2 (x - mean) / (n - ddof).
+
+    Keeps x - mean (x's shape). (The mean's own dependence on x drops out: sum(x - mean) = 0.)
+    """
+
     def forward(self, x, axes, keepdims, ddof):
         self.axes, self.keepdims = axes, keepdims
         n = 1
@@ -89,7 +99,10 @@ def mean(x, axis=None, keepdims=False, *, dim=None):
 
 def max(x, axis=None, keepdims=False, *, dim=None):
     """Maximum over `axis` (values only); ties share the gradient equally."""
-    return Max.apply(x, axes=normalize_axes(pick_axis(axis, dim), x.ndim), keepdims=keepdims)
+    axes = normalize_axes(pick_axis(axis, dim), x.ndim)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"max: a tensor of shape {x.shape} has no elements along axis {axis}: the maximum is undefined")
+    return Max.apply(x, axes=axes, keepdims=keepdims)
 
 
 def var(x, axis=None, keepdims=False, ddof=0, *, dim=None):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tinylora.engine.autograd import Function, unbroadcast
+from tinylora.engine.autograd import Function
 from tinylora.engine.backend import scatter_add
-from tinylora.engine.ops._util import broadcast_shapes
+from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 def _mask_array(mask, like):
@@ -20,7 +20,11 @@ def _mask_array(mask, like):
 
 
 class Where(Function):
-    # forward: y = a where cond else b      backward: da = dy * cond, db = dy * (not cond)
+    """y = a where cond else b (cond, a, b broadcast).   da = dy * cond, db = dy * (not cond), unbroadcast.
+
+    Keeps the bool array cond.
+    """
+
     def forward(self, a, b, cond):
         self.shapes = (a.shape, b.shape)
         self.save_for_backward(cond)
@@ -35,7 +39,11 @@ class Where(Function):
 
 
 class MaskedFill(Function):
-    # forward: y = value where mask else x   backward: dx = dy where not mask, else 0
+    """y = value where mask else x (mask broadcasts to x's shape).   dx = dy where not mask, else 0.
+
+    Keeps the bool mask, which may be smaller than x (a (T, T) causal mask for (B, nh, T, T) scores).
+    """
+
     def forward(self, x, mask, value):
         self.save_for_backward(mask)  # mask may be smaller than x (it broadcasts), e.g. (T, T)
         return self.xp.where(mask, self.xp.asarray(value, dtype=x.dtype), x)
@@ -46,8 +54,11 @@ class MaskedFill(Function):
 
 
 class Embedding(Function):
-    # forward: y[n] = W[idx[n]]   W: (V, C), idx: any int shape, y: idx.shape + (C,)
-    # backward: dW = zeros (V, C); dW[idx[n]] += dy[n]  (a token seen twice gets both gradients)
+    """y[n] = W[idx[n]],  W: (V, C), idx: int array of any shape, y: idx.shape + (C,).
+
+    dW = zeros (V, C), then dW[idx[n]] += dy[n] (a token seen twice gets both gradients). Keeps idx.
+    """
+
     def forward(self, weight, indices):
         self.weight_shape = weight.shape
         self.save_for_backward(indices)

@@ -1,6 +1,9 @@
-"""Ops that move elements around without arithmetic: reshape, permute, indexing, joining, splitting.
+"""Ops that move elements around without arithmetic: reshape, permute, indexing, joining, splitting, to.
 
-Most are views in forward (no copy) and save only shapes for backward.
+Most are views in forward (no copy), and their backward needs only shapes and
+axes, kept as plain attributes. GetItem also keeps its index, which may be an
+integer array or a mask; it is not counted by the memory accounting (an index
+is usually far smaller than the tensor it picks from).
 `split` follows PyTorch: an int is the size of each chunk (the last may be
 smaller), a list gives each chunk's size. (NumPy's `split` instead takes the
 *number* of chunks or the cut indices.)
@@ -10,11 +13,12 @@ from __future__ import annotations
 
 from tinylora.engine.autograd import Function
 from tinylora.engine.backend import get_device, move, scatter_add
-from tinylora.engine.ops._util import pick_axis
+from tinylora.engine.ops._util import axis_index, pick_axis
 
 
 class Reshape(Function):
-    # forward: y = x viewed with a new shape    backward: dx = dy viewed with x's shape
+    """y = x viewed with a new shape (same elements, same order);  dx = dy viewed with x's shape."""
+
     def forward(self, x, shape):
         self.x_shape = x.shape
         return x.reshape(shape)
@@ -24,7 +28,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
-    # forward: y = x with axes reordered        backward: dx = dy with the inverse order
+    """y = x with its axes reordered: y.shape[i] = x.shape[axes[i]];  dx = dy with the inverse order."""
+
     def forward(self, x, axes):
         self.axes = axes
         return x.transpose(axes)
@@ -55,8 +60,11 @@ def _has_array_index(index) -> bool:
 
 
 class GetItem(Function):
-    # forward: y = x[index]     backward: dx = zeros, then dx[index] += dy
-    # (with integer-array indices an element may be picked twice: its gradients add up)
+    """y = x[index];  dx = zeros of x's shape, then dx[index] += dy.
+
+    With integer-array indices an element may be picked twice: its gradients add up.
+    """
+
     def forward(self, x, index):
         self.x_shape, self.dtype, self.index = x.shape, x.dtype, index
         return x[index]
@@ -71,7 +79,8 @@ class GetItem(Function):
 
 
 class Concatenate(Function):
-    # forward: y = [x1, x2, ...] joined along `axis`    backward: dy cut back into pieces
+    """y = [x1, x2, ...] joined along an existing `axis`;  dx_i = the slice of dy where x_i went."""
+
     def forward(self, *xs, axis):
         self.axis = axis
         self.sizes = [x.shape[axis] for x in xs]
@@ -86,7 +95,8 @@ class Concatenate(Function):
 
 
 class Stack(Function):
-    # forward: y = [x1, x2, ...] stacked on a new `axis`    backward: dy taken apart along it
+    """y = [x1, x2, ...] (equal shapes) stacked on a new `axis`;  dx_i = dy taken at index i of that axis."""
+
     def forward(self, *xs, axis):
         self.axis = axis
         return self.xp.stack(xs, axis=axis)
@@ -97,10 +107,17 @@ class Stack(Function):
 
 
 class To(Function):
-    # forward: y = x copied to another device / dtype     backward: dx = dy copied back
-    # (built by `to()` below, not by Function.apply, because its output changes device and dtype)
+    """y = x copied to another device and/or float dtype;  dx = dy copied back to x's device and dtype.
+
+    The one op whose output may live elsewhere: forward points `self.device` (where
+    `apply` puts the output) at the target, and `keeps_dtype = False` lets it convert.
+    """
+
+    keeps_dtype = False
+
     def forward(self, x, device, dtype):
-        self.source_device, self.source_dtype = None, x.dtype
+        self.source_device, self.source_dtype = self.device, x.dtype
+        self.device = device
         y = move(x, device)
         return y.astype(dtype) if dtype is not None else y
 
@@ -124,13 +141,15 @@ def permute(x, *axes):
     """x with its axes in the order `axes` (like torch.permute / numpy.transpose)."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    if sorted(a % x.ndim for a in axes) != list(range(x.ndim)):
+    axes = tuple(axis_index("permute", a, x.ndim) for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
         raise ValueError(f"permute: {axes} is not an ordering of the {x.ndim} axes of shape {x.shape}")
-    return Permute.apply(x, axes=tuple(a % x.ndim for a in axes))
+    return Permute.apply(x, axes=axes)
 
 
 def transpose(x, dim0=-2, dim1=-1):
     """Swap two axes (by default the last two, the matrix transpose)."""
+    dim0, dim1 = axis_index("transpose", dim0, x.ndim), axis_index("transpose", dim1, x.ndim)
     axes = list(range(x.ndim))
     axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
     return Permute.apply(x, axes=tuple(axes))
@@ -144,9 +163,9 @@ def getitem(x, index):
     return GetItem.apply(x, index=index)
 
 
-def concatenate(tensors, axis=0, *, dim=None):
+def concatenate(tensors, axis=None, *, dim=None):
     """Join tensors along an existing axis (torch.cat)."""
-    axis = pick_axis(axis, dim)
+    axis = pick_axis(axis, dim, default=0)
     shapes = [t.shape for t in tensors]
     for s in shapes[1:]:
         if len(s) != len(shapes[0]) or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis % len(s)):
@@ -157,17 +176,17 @@ def concatenate(tensors, axis=0, *, dim=None):
 cat = concatenate
 
 
-def stack(tensors, axis=0, *, dim=None):
+def stack(tensors, axis=None, *, dim=None):
     """Stack equally shaped tensors along a new axis."""
     shapes = {t.shape for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: all tensors need the same shape, got {sorted(shapes)}")
-    return Stack.apply(*tensors, axis=pick_axis(axis, dim))
+    return Stack.apply(*tensors, axis=pick_axis(axis, dim, default=0))
 
 
-def split(x, split_size_or_sections, axis=0, *, dim=None):
+def split(x, split_size_or_sections, axis=None, *, dim=None):
     """Cut x along `axis` into chunks, PyTorch-style: an int is each chunk's size, a list the sizes."""
-    axis = pick_axis(axis, dim) % x.ndim
+    axis = axis_index("split", pick_axis(axis, dim, default=0), x.ndim)
     length = x.shape[axis]
     if isinstance(split_size_or_sections, int):
         if split_size_or_sections <= 0:
@@ -195,17 +214,4 @@ def to(x, device=None, dtype=None):
         return x
     if dtype is not None and x.dtype.kind == "f" and dtype.kind != "f":
         raise TypeError(f"to(): cannot turn a float tensor into {dtype} and keep gradients")
-    from tinylora.engine.autograd import is_grad_enabled
-    from tinylora.engine.tensor import Tensor
-
-    if not (x.requires_grad and is_grad_enabled()):
-        data = move(x.data, target)
-        return Tensor(data.astype(dtype) if dtype is not None else data, device=target)
-    # a differentiable copy: built by hand because the output changes device and dtype
-    node = To((True,), target.xp)
-    out = node.forward(x.data, device=target, dtype=dtype)
-    node.source_device = x.device
-    node.parents = (x._ctx if x._ctx is not None else x,)
-    result = Tensor(out, device=target, requires_grad=True)
-    result._ctx = node
-    return result
+    return To.apply(x, device=target, dtype=dtype)

@@ -1,0 +1,37 @@
+"""The README's two test commands and .ci/run agree: students get the fast one, CI runs the full one.
+
+.ci/run extracts its command from README.md with awk (the command line after the
+`<!-- ci-test-command -->` marker); this runs the same extraction, so a README edit
+that breaks CI fails here first.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def command_after(marker: str) -> str:
+    """The line .ci/run's awk takes: two lines below the marker (the fence, then the command)."""
+    lines = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().splitlines()
+    return lines[lines.index(marker) + 2]
+
+
+def test_students_get_the_fast_command_and_ci_the_full_one():
+    fast, full = command_after("<!-- test-command -->"), command_after("<!-- ci-test-command -->")
+    assert "pytest" in fast and '-m "not slow"' in fast
+    assert "pytest" in full and "--nbmake" in full and "slow" not in full  # everything, notebooks included
+
+
+def test_ci_reads_the_full_command_and_requires_the_reference_libraries():
+    script = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+    assert "<!-- ci-test-command -->" in script
+    assert "export TINYLORA_REQUIRE_REF=1" in script
+    if shutil.which("awk") is None:
+        pytest.skip("awk is not installed")
+    awk = script.split("test_command=$(", 1)[1].split(")\n", 1)[0]  # the extraction .ci/run runs
+    out = subprocess.run(["bash", "-c", awk], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == command_after("<!-- ci-test-command -->")

@@ -1,0 +1,139 @@
+"""Every file and module a docstring, a comment or a README names exists (a move leaves no stale pointer).
+
+A name counts if it ends in .py, .ipynb or .md (`tinylora/engine/ops/matmul.py`,
+`ops/attention.py`, `RESULTS.md`). It resolves if some file of the repository
+ends with it (`ops/attention.py` is tinylora/engine/ops/attention.py), so a
+docstring may name a file relative to its own folder. Scanned: README.md, every
+other README, and the docstrings and comments (not the code) of every .py file
+in tinylora/, tests/ and benchmarks/ (tinylora/_moved.py, which lists the old
+paths on purpose, excepted).
+
+A dotted name such as `tinylora.engine.backend.memory` or `tinylora.lora.apply_lora`
+must be a module or an attribute reached without the old 0.1 paths that
+_moved.py keeps alive (the old `hf` module still imports, with a warning, but is stale).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import io
+import os
+import re
+import tokenize
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOTTED_NAME = re.compile(r"(?<![\w.])(tinylora(?:\.\w+)+)")
+FILE_NAME = re.compile(r"(?<![\w./-])((?:\.ci/|[\w-]+/)*[\w-]+\.(?:py|ipynb|md))(?![\w/])")
+
+
+@functools.lru_cache(maxsize=None)
+def _repo_files() -> tuple[str, ...]:
+    """Every file of the working tree as "/folder/name", skipping .git, caches and run outputs."""
+    skip = {".git", "__pycache__", ".pytest_cache", ".hypothesis", "runs", "build", ".ipynb_checkpoints"}
+    found = []
+    for folder, subfolders, names in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in skip and not d.endswith(".egg-info")]
+        relative = Path(folder).relative_to(ROOT).as_posix()
+        found += ["/" + (f"{relative}/{n}" if relative != "." else n) for n in names]
+    return tuple(found)
+
+
+def _prose_of_python(path: Path) -> str:
+    """The docstrings and comments of a Python file, one per line."""
+    source = path.read_text(encoding="utf-8")
+    pieces = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                pieces.append(doc)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            pieces.append(token.string)
+    return "\n".join(pieces)
+
+
+@functools.lru_cache(maxsize=None)
+def _texts() -> tuple:
+    """(path, prose) for the README files and the docstrings + comments of every scanned .py file."""
+    texts = [(readme, readme.read_text(encoding="utf-8")) for readme in [ROOT / "README.md", *sorted(ROOT.glob("*/**/README.md"))]]
+    for folder in ("tinylora", "tests", "benchmarks"):
+        texts += [(p, _prose_of_python(p)) for p in sorted((ROOT / folder).rglob("*.py")) if p.name != "_moved.py"]
+    return tuple(texts)
+
+
+def test_every_file_named_in_docs_exists():
+    files = _repo_files()
+    missing = []
+    for path, text in _texts():
+        for name in set(FILE_NAME.findall(text)):
+            if not any(f.endswith("/" + name.lstrip("./")) or f == "/" + name for f in files):
+                missing.append(f"{path.relative_to(ROOT)} names {name}")
+    assert not missing, "files named in docs but absent:\n" + "\n".join(sorted(missing))
+
+
+def _resolves(dotted: str) -> bool:
+    """Is `dotted` an attribute path from `tinylora`, importing submodules but never an old (moved) path?"""
+    from tinylora._moved import new_name
+
+    parts = dotted.split(".")
+    obj, name = importlib.import_module("tinylora"), "tinylora"
+    for part in parts[1:]:
+        name += "." + part
+        moved = new_name(name) is not None
+        if not moved:
+            try:
+                obj = importlib.import_module(name)  # a submodule wins over a same-named attribute
+                continue
+            except ImportError:
+                pass
+        obj = getattr(obj, part, None)
+        if obj is None or (moved and _is_module(obj)):
+            return False  # missing, or an old path (tinylora.tensor the *function* is fine)
+    return True
+
+
+def _is_module(obj) -> bool:
+    return type(obj).__name__ == "module"
+
+
+def test_every_module_named_in_docs_exists():
+    stale = [
+        f"{path.relative_to(ROOT)} names {name}"
+        for path, text in _texts()
+        for name in sorted(set(DOTTED_NAME.findall(text)))
+        if not _resolves(name.rstrip("."))
+    ]
+    assert not stale, "modules or attributes named in docs that do not exist (or moved):\n" + "\n".join(stale)
+
+
+def test_the_scan_finds_the_names_it_should():
+    # guards the regular expression: these names are in the README and in autograd.py's docstring
+    readme = set(FILE_NAME.findall((ROOT / "README.md").read_text(encoding="utf-8")))
+    assert {"tinylora/engine/autograd.py", "tinylora/lora/layer.py"} <= readme
+    assert "graph_memory.py" in FILE_NAME.findall(_prose_of_python(ROOT / "tinylora/engine/autograd.py"))
+    assert not any(f.endswith("/no_such_file.py") for f in _repo_files())
+    assert _resolves("tinylora.engine.backend.memory") and _resolves("tinylora.tensor")
+    assert not _resolves("tinylora.hf.load_gpt2") and not _resolves("tinylora.no_such_module")
+
+
+def _lines(path: Path) -> int:
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return sum(len(f.read_text(encoding="utf-8").splitlines()) for f in files)
+
+
+def test_where_to_read_line_counts_match_the_tree():
+    """Each row's count is the `wc -l` of its files (a folder: all its .py files), to 10% or 10 lines."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("## Where to read"):].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) >= 10
+    for step, read, lines, _ in rows:
+        if not lines.strip():
+            continue
+        paths = [ROOT / p for p in re.findall(r"`([^`]+)`", read)]
+        counted = sum(_lines(p) for p in paths)
+        assert abs(counted - int(lines)) <= max(10, 0.1 * counted), f"step {step.strip()}: README says {lines.strip()} lines, the files have {counted}"
