@@ -219,10 +219,11 @@ def test_pair_epochs_cover_every_example_once_and_are_deterministic():
     assert [len(x) for x, _ in data.batches(3, drop_last=True)] == [3, 3, 3]
 
 
-def test_long_prompts_are_cut_with_a_warning_and_long_completions_fail():
+def test_too_long_truncate_cuts_long_prompts_with_a_warning_and_long_completions_fail():
+    """too_long="truncate" (no longer the default: see test_too_long_examples_are_skipped_by_default)."""
     pairs = [{"prompt": "short", "completion": " ok"}, {"prompt": "a very long prompt " * 5, "completion": " kept"}]
     with pytest.warns(UserWarning, match="1 of 2 examples.*example 1"):
-        data = PairDataset(pairs, TOK, block_size=20)
+        data = PairDataset(pairs, TOK, block_size=20, too_long="truncate")
     assert data.truncated == [1]
     x, y = data.examples[1]
     assert len(x) == 20 and TOK.decode(x.tolist()).endswith("prompt  kept")
@@ -230,7 +231,7 @@ def test_long_prompts_are_cut_with_a_warning_and_long_completions_fail():
         warnings.simplefilter("error")  # nothing too long: no warning
         PairDataset(pairs[:1], TOK, block_size=20)
     with pytest.raises(ValueError, match="example 1: .*block_size is 20"):
-        PairDataset([pairs[0], {"prompt": "p", "completion": "x" * 20}], TOK, block_size=20)
+        PairDataset([pairs[0], {"prompt": "p", "completion": "x" * 20}], TOK, block_size=20, too_long="truncate")
     with pytest.raises(ValueError, match="end-of-text"):
         encode_pair(ByteTokenizer(eot=False), "p", "c", 8)
 

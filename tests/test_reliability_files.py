@@ -162,12 +162,14 @@ FILE_CASES = {
     "NaN in a weight": (
         lambda r, mp: save_tensors(r / "tiny/model.safetensors",
                                    {k: v * np.nan if k == "blocks.1.mlp.fc.weight" else v
-                                    for k, v in load_tensors(r / "tiny/model.safetensors").items()}),
+                                    for k, v in load_tensors(r / "tiny/model.safetensors").items()},
+                                   allow_nonfinite=True),
         lambda r: load_model(r / "tiny"), ValueError, ["tiny", "blocks.1.mlp.fc.weight", "NaN"]),
     "inf in a Hugging Face weight": (
         lambda r, mp: save_tensors(r / "hf/model.safetensors",
                                    {k: v * np.inf if k == "transformer.h.0.attn.c_attn.weight" else v
-                                    for k, v in load_tensors(r / "hf/model.safetensors").items()}),
+                                    for k, v in load_tensors(r / "hf/model.safetensors").items()},
+                                   allow_nonfinite=True),
         lambda r: load_model(r / "hf"), ValueError, ["hf", "blocks.0.attn.q.weight", "inf"]),
     "a shard missing from the folder": (
         lambda r, mp: os.remove(r / "tiny/model.safetensors"),
@@ -282,7 +284,8 @@ FILE_CASES = {
     "adapter holds NaN": (
         lambda r, mp: save_tensors(r / "adapter/adapter.safetensors",
                                    {k: v * np.nan if k == "blocks.1.attn.v.lora_B" else v
-                                    for k, v in load_tensors(r / "adapter/adapter.safetensors").items()}),
+                                    for k, v in load_tensors(r / "adapter/adapter.safetensors").items()},
+                                   allow_nonfinite=True),
         lambda r: load_adapter(base_model(), r / "adapter"), ValueError, ["blocks.1.attn.v.lora_B", "NaN"]),
     "adapter A has another rank than its config": (
         lambda r, mp: save_tensors(r / "adapter/adapter.safetensors",
@@ -496,7 +499,7 @@ def test_tinylora_merge_of_a_nan_adapter_exits_2_in_one_line(folders, capsys, mo
     monkeypatch.delenv("TINYLORA_DEBUG", raising=False)
     tensors = load_tensors(folders / "adapter/adapter.safetensors")
     tensors["blocks.0.attn.q.lora_B"] = tensors["blocks.0.attn.q.lora_B"] * np.inf
-    save_tensors(folders / "adapter/adapter.safetensors", tensors)
+    save_tensors(folders / "adapter/adapter.safetensors", tensors, allow_nonfinite=True)  # a hostile file
     code = main(["merge", "--adapter", str(folders / "adapter"), "--out", str(folders / "merged")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and "blocks.0.attn.q.lora_B" in err, err

@@ -1,13 +1,19 @@
 """Safe files: atomic writes of tensors (safetensors) and JSON, and clear errors for files that cannot be read.
 
 Every file tinylora writes (model weights, adapters, checkpoints) goes through
-two rules:
+these rules:
 
     1. Atomic: write to a temporary file next to the target, then `os.replace`
        it over the target. A crash mid-write leaves the old file (or none),
-       never half a file that loads as garbage.
-    2. Loud: a missing, truncated or corrupt file raises an error that names
-       the file and what is wrong with it (FileNotFoundError, FileFormatError).
+       never half a file that loads as garbage. A temporary file left behind by
+       a killed process is deleted by the next write into the same folder.
+    2. Finite: tensors holding NaN or inf are refused before anything is written
+       (NonFiniteError names the tensor), so no file tinylora writes holds one.
+    3. Loud: a missing, truncated or corrupt file raises an error that names
+       the file and what is wrong with it (FileNotFoundError, FileFormatError);
+       a full disk raises OSError(ENOSPC) naming the file, whichever library wrote it.
+    4. Ordinary permissions: files get the mode the user's umask gives (0644
+       under the usual umask 022), like files any other tool writes.
 
 Tensors are stored as safetensors. The format is simple enough to read by hand,
 which is what `load_tensors` does (the `safetensors` package cannot hand
@@ -25,10 +31,14 @@ This is host-side code (file I/O), so it uses NumPy directly.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
+import secrets
+import shutil
 import struct
-import tempfile
 
 import numpy as np
 
@@ -48,30 +58,123 @@ class FileFormatError(ValueError):
     """A file exists but is not what it claims to be (truncated, corrupt, or an unsupported variant)."""
 
 
+class NonFiniteError(FloatingPointError, ValueError):
+    """A tensor about to be saved (or a training step about to be applied) holds NaN or inf."""
+
+
 # ------------------------------------------------------------------ atomic writes
+# a temporary file is ".<target name>.<writer's pid>-<random>.tmp", so a later write can tell a
+# leftover of a killed process (its pid is gone) from a file another live process is writing
+_TEMP = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def _temp_name(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder) -> list:
+    """Delete the temporary files and folders in `folder` whose writer process is no longer running.
+
+    These are what a write killed half way (SIGKILL, power loss) leaves behind; a live
+    writer's temp files, this process's included, are kept. Returns the removed paths.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    continue
+            removed.append(path)
+    return removed
+
+
+def temp_path_for(path) -> str:
+    """A fresh temporary name next to `path`, in the pattern remove_stale_temps recognises."""
+    return _temp_name(os.path.abspath(os.fspath(path)))
+
+
+def _disk_error(err: BaseException, path: str) -> OSError | None:
+    """`err` as an OSError naming `path` if it is an I/O failure (disk full, quota, ...), else None.
+
+    Python's own writes raise OSError; the safetensors library raises its own SafetensorError
+    whose message ends in "(os error N)": both become OSError(N, "<reason>", path).
+    """
+    if isinstance(err, OSError):
+        code, reason = err.errno, err.strerror or str(err)
+    else:
+        found = re.search(r"(?:I/O error|IoError)\W*(.*?)\s*\(os error (\d+)\)", str(err))
+        if not found:
+            return None
+        code, reason = int(found.group(2)), found.group(1).strip(" :") or os.strerror(int(found.group(2)))
+    if code is None:
+        return None
+    return OSError(code, f"cannot write {path}: {reason}" + (" (the disk is full)" if code == errno.ENOSPC else ""))
+
+
 def _atomic_write(path, write) -> None:
     """Call `write(temp_path)`, then move the finished temp file onto `path` in one step."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(handle)
+    remove_stale_temps(folder)
+    temp = _temp_name(path)
+    # created with mode 0666 minus the user's umask (tempfile.mkstemp would make it 0600 whatever the umask)
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = os.stat(temp).st_mode & 0o777
     try:
         write(temp)
+        os.chmod(temp, mode)  # the writer may have replaced the file with its own 0600 one (safetensors does)
         with open(temp, "rb") as f:  # make sure the bytes reached the disk before the rename
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(temp):
             os.remove(temp)
+        disk = _disk_error(err, path) if isinstance(err, Exception) else None
+        if disk is not None and disk is not err:
+            raise disk from err
         raise
 
 
-def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
+def check_finite(tensors: dict, what: str) -> None:
+    """Raise NonFiniteError naming the first floating tensor of {name: array} that holds NaN or inf."""
+    for name, value in tensors.items():
+        value = value.data if isinstance(value, Tensor) else value
+        array = np.asarray(to_host(value))
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise NonFiniteError(f"{what}: tensor '{name}' holds {bad} NaN/inf value(s) of {array.size}; "
+                                 "nothing was written")
+
+
+def save_tensors(path, tensors: dict, metadata: dict | None = None, allow_nonfinite: bool = False) -> None:
     """Write {name: array} to a safetensors file, atomically.
 
     Values may be NumPy arrays, CuPy arrays or tinylora Tensors (copied to the
     host). `metadata` is an optional {str: str} dict stored in the header.
+    A floating tensor holding NaN or inf is refused (NonFiniteError) before anything is written,
+    unless `allow_nonfinite` (for tests that build a broken file on purpose).
     """
     if metadata is not None:
         bad = {k: type(v).__name__ for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
@@ -83,6 +186,8 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
             raise TypeError(f"save_tensors: tensor names must be strings, got {name!r}")
         value = value.data if isinstance(value, Tensor) else value
         host[name] = np.asarray(to_host(value), order="C")  # row-major, as the format stores it
+    if not allow_nonfinite:
+        check_finite(host, f"cannot save {os.fspath(path)}")
 
     def write(temp):
         from safetensors.numpy import save_file
@@ -93,8 +198,8 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
 
 
 def write_json_atomic(path, obj) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2) + "\n"  # serialise first: a TypeError must not leave a temp file
+    """Write `obj` as indented, strict JSON (NaN and inf are refused: ValueError), atomically."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"  # serialise first: an error leaves no temp file
 
     def write(temp):
         with open(temp, "w", encoding="utf-8") as f:
@@ -196,6 +301,30 @@ def load_tensors(path) -> dict:
 def load_metadata(path) -> dict:
     """The {str: str} metadata stored in a safetensors file's header ({} if none)."""
     return _read(path, with_data=False)[1]
+
+
+# ------------------------------------------------------------------ identity
+def digest_tensors(tensors: dict) -> str:
+    """A SHA-256 of {name: array} (names, dtypes, shapes and bytes, in name order): one model's weights,
+    the same whichever file format or folder they came from. 'sha256:<hex>'."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name]
+        array = np.ascontiguousarray(to_host(value.data if isinstance(value, Tensor) else value))
+        h.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
+        h.update(memoryview(array).cast("B"))
+    return "sha256:" + h.hexdigest()
+
+
+def digest_files(paths) -> str:
+    """A SHA-256 of the files `paths` (their bytes, in the order given): a data set's identity. 'sha256:<hex>'."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(f"{os.path.getsize(path)}\n".encode())  # file boundaries count, names do not
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def tensor_shapes(path) -> dict:

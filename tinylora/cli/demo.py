@@ -23,19 +23,21 @@ import time
 
 import numpy as np
 
-from tinylora import manual_seed, no_grad, tensor
-from tinylora.engine.backend import memory
+from tinylora import manual_seed, tensor
+from tinylora.cli.commands import decode_text
 from tinylora.data import PairDataset, e2e_pair, make_e2e
-from tinylora.model.generate import generate
+from tinylora.engine.backend import memory
 from tinylora.lora import apply_lora, merge_lora, parameter_report, save_adapter, unmerge_lora
-from tinylora.train.plot import plot_runs
+from tinylora.model.generate import generate
 from tinylora.model.load import load_model, save_model
-from tinylora.train.loop import TrainConfig, eval_batches, train
+from tinylora.nn import evaluating
+from tinylora.train.loop import FULL_LR, LORA_LR, TrainConfig, eval_batches, train
+from tinylora.train.plot import plot_runs
 
 DEFAULT_STEPS = 150
-SETTINGS = {  # method -> (learning rate, LoRA rank or None); each the best of a small sweep (README)
-    "full": (1e-3, None),
-    "lora": (3e-2, 4),
+SETTINGS = {  # method -> (learning rate, LoRA rank or None): the package's defaults (README, "Learning rates")
+    "full": (FULL_LR, None),
+    "lora": (LORA_LR, 4),
 }
 MAX_EXAMPLE_BYTES = 200  # keep examples that fit the base's 256-byte context with room to spare
 
@@ -60,9 +62,8 @@ def _size(n_bytes: int) -> str:
 
 def _merge_difference(model, batch) -> float:
     """max |logits(unmerged) - logits(merged)| on one validation batch (float32)."""
-    x = tensor(batch[0], device=next(iter(model.parameters())).device)
-    model.eval()
-    with no_grad():
+    x = tensor(batch[0], device=model.device)
+    with evaluating(model):
         unmerged = model(x)[0].numpy()
         merge_lora(model)
         merged = model(x)[0].numpy()
@@ -73,13 +74,14 @@ def _merge_difference(model, batch) -> float:
 def _sample(model, tokenizer, prompt: str, device) -> str:
     ids = tensor([tokenizer.encode(prompt)], device=device)
     out = generate(model, ids, max_new_tokens=120, temperature=0.0, eos_token=tokenizer.eot_id)
-    text = tokenizer.decode(out.numpy()[0, ids.shape[1]:].tolist())
-    return text.split("<|endoftext|>")[0].strip()
+    return decode_text(tokenizer, out.numpy()[0, ids.shape[1]:]).strip()
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None) -> dict:
-    """Run the demo, print its table, and return the measured numbers."""
-    steps = steps or DEFAULT_STEPS
+    """Run the demo, print its table, and return the measured numbers. Replaces what `out_dir` held."""
+    steps = DEFAULT_STEPS if steps is None else steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"the demo needs steps >= 1, got {steps!r}")
     os.makedirs(out_dir, exist_ok=True)
     started = time.perf_counter()
     rows = {}
@@ -95,7 +97,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None) 
         config = TrainConfig(max_steps=steps, batch_size=16, lr=lr, eval_every=max(steps // 5, 1), eval_batches=8,
                              warmup_steps=steps // 10)
         run_dir = os.path.join(out_dir, method)
-        result = train(model, train_set, val_set, config, run_dir=run_dir)
+        result = train(model, train_set, val_set, config, run_dir=run_dir, overwrite=True)  # the demo's own folder
         if rank:
             save_adapter(model, os.path.join(run_dir, "adapter"))
             stored = os.path.getsize(os.path.join(run_dir, "adapter", "adapter.safetensors"))

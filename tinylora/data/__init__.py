@@ -8,19 +8,31 @@
 from tinylora.data.e2e import format_mr, make_e2e, parse_mr, write_e2e
 from tinylora.data.pairs import (
     IGNORE_INDEX,
+    TOO_LONG,
+    ExampleTooLong,
     PairDataset,
     e2e_pair,
     encode_pair,
     load_pairs,
     read_e2e_csv,
     read_jsonl,
+    read_numbered_pairs,
     read_pairs,
     write_jsonl,
 )
-from tinylora.data.text import TextDataset, load_text_dataset, read_documents, split_tokens, tokenize_documents
+from tinylora.data.text import (
+    TextDataset,
+    load_text_dataset,
+    read_documents,
+    read_text,
+    split_tokens,
+    text_files,
+    tokenize_documents,
+)
 
 __all__ = [
-    "IGNORE_INDEX", "PairDataset", "TextDataset", "e2e_pair", "encode_pair", "format_mr", "load_pairs",
-    "load_text_dataset", "make_e2e", "parse_mr", "read_documents", "read_e2e_csv", "read_jsonl", "read_pairs",
-    "split_tokens", "tokenize_documents", "write_e2e", "write_jsonl",
+    "IGNORE_INDEX", "TOO_LONG", "ExampleTooLong", "PairDataset", "TextDataset", "e2e_pair", "encode_pair",
+    "format_mr", "load_pairs", "load_text_dataset", "make_e2e", "parse_mr", "read_documents", "read_e2e_csv",
+    "read_jsonl", "read_numbered_pairs", "read_pairs", "read_text", "split_tokens", "text_files",
+    "tokenize_documents", "write_e2e", "write_jsonl",
 ]

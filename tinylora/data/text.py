@@ -28,34 +28,58 @@ from pathlib import Path
 
 import numpy as np
 
+from tinylora.io import FileFormatError
+
 TEXT_PATTERNS = ("*.txt", "*.py")  # what a folder is searched for (recursively) when no pattern is given
+
+
+def read_text(path) -> str:
+    """A file's text, decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    Bytes that are not UTF-8 are an error that names the file, the byte offset and the line
+    (FileFormatError), never silently replaced: convert the file first (iconv -f latin1 -t utf-8).
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise FileFormatError(
+            f"{path}: not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {err.start} (line {line}); "
+            "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out") from None
+
+
+def text_files(path, pattern: str | None = None) -> list[Path]:
+    """The files `read_documents` reads: a file, a folder's files (recursively, *.txt and *.py or
+    `pattern`), or a glob's matches, in sorted path order."""
+    path_str = str(path)
+    if any(c in path_str for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(path_str, recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"no files match the glob {path_str!r}")
+        return files
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.is_file():
+        return [path]
+    patterns = [pattern] if pattern else list(TEXT_PATTERNS)
+    files = sorted({f for p in patterns for f in path.rglob(p) if f.is_file()})
+    if not files:
+        raise FileNotFoundError(f"folder {path} has no files matching {' or '.join(patterns)} (recursively)")
+    return files
 
 
 def read_documents(path, pattern: str | None = None) -> list[str]:
     """The texts of a file, of a folder's files (recursively, *.txt and *.py or `pattern`), or of a glob.
 
     read_documents("input.txt"); read_documents("corpus/"); read_documents("corpus/", "*.md");
-    read_documents("corpus/**/*.md"). Files are read in sorted path order, as UTF-8.
+    read_documents("corpus/**/*.md"). Files are read in sorted path order, as UTF-8 (read_text).
     """
-    path_str = str(path)
-    if any(c in path_str for c in "*?["):
-        files = sorted(Path(f) for f in glob.glob(path_str, recursive=True) if Path(f).is_file())
-        if not files:
-            raise FileNotFoundError(f"no files match the glob {path_str!r}")
-    else:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
-        if path.is_file():
-            files = [path]
-        else:
-            patterns = [pattern] if pattern else list(TEXT_PATTERNS)
-            files = sorted({f for p in patterns for f in path.rglob(p) if f.is_file()})
-            if not files:
-                raise FileNotFoundError(f"folder {path} has no files matching {' or '.join(patterns)} (recursively)")
-    docs = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    files = text_files(path, pattern)
+    docs = [read_text(f) for f in files]
     if not any(docs):
-        raise ValueError(f"{path_str}: the {len(files)} file(s) found are all empty")
+        raise ValueError(f"{path}: the {len(files)} file(s) found are all empty")
     return [d for d in docs if d]
 
 
@@ -86,7 +110,7 @@ def split_tokens(tokens, val_fraction: float, chunk_size: int, seed: int = 0):
     if len(chunks) < 2:
         raise ValueError(
             f"cannot split {len(tokens)} tokens into train and validation: they fill only one chunk of "
-            f"{chunk_size}; use more text, a smaller block_size, or val_fraction=0"
+            f"{chunk_size}; use more text, a smaller block_size, or no validation (val_fraction=0, --val-fraction 0)"
         )
     n_val = min(max(1, round(val_fraction * len(chunks))), len(chunks) - 1)
     held_out = set(np.random.default_rng(seed).choice(len(chunks), size=n_val, replace=False).tolist())

@@ -23,6 +23,7 @@ import math
 
 from tinylora.engine.autograd import no_grad
 from tinylora.model.gpt import KVCache
+from tinylora.nn.module import evaluating
 from tinylora.engine.random import device_rng
 from tinylora.engine.tensor import Tensor
 
@@ -89,7 +90,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
 
-    device = model.wte.weight.device
+    device = model.device
     xp = device.xp
     ids = idx.data if isinstance(idx, Tensor) else xp.asarray(idx)
     if ids.dtype.kind not in "iu":
@@ -102,10 +103,8 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     ids = ids.astype("int64")
 
     block = model.config.block_size
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    adapters = contextlib.ExitStack()
-    try:
+    # eval mode (every module's own mode comes back afterwards), and each row's adapter while generating
+    with evaluating(model), contextlib.ExitStack() as adapters:
         if adapter_ids is not None:  # each row its own LoRA adapter, gathered once for every step
             from tinylora.lora.mixed import mixed_adapters
 
@@ -127,10 +126,6 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
             ids = xp.concatenate([ids, next_ids[:, None]], axis=1)  # (B, T + 1)
             if eos_token is not None and done.all().item():  # .item(): an explicit device-to-host copy
                 break
-    finally:
-        adapters.close()
-        for module, training in modes:
-            module.training = training
     return Tensor(ids[0] if one_row else ids, device=device)
 
 

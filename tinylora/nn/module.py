@@ -10,7 +10,9 @@ found at. (tinylora's GPT has no head module: it computes x @ wte.weight.T.)
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 
+from tinylora.engine.autograd import no_grad
 from tinylora.engine.backend import get_device, move
 from tinylora.engine.tensor import _as_dtype
 from tinylora.nn.parameter import Parameter
@@ -108,6 +110,11 @@ class Module:
         """Evaluation mode: dropout off."""
         return self.train(False)
 
+    @property
+    def device(self):
+        """The device of this module's parameters (the first one's; None for a module without any)."""
+        return next((p.device for p in self.parameters()), None)
+
     def requires_grad_(self, flag: bool = True):
         for p in self.parameters():
             p.requires_grad_(flag)
@@ -174,6 +181,23 @@ class Module:
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+@contextmanager
+def evaluating(module: Module):
+    """`with evaluating(model):` eval mode and no graph inside; afterwards every module's own mode is back.
+
+    Each module's mode is restored, not one mode for all, so a submodule kept in eval mode
+    inside a training model stays so.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with no_grad():
+            yield module
+    finally:
+        for m, training in modes:
+            object.__setattr__(m, "training", training)
 
 
 class ModuleList(Module):

@@ -75,9 +75,14 @@ class NF4Linear(nn.Module):
         self.bias = bias
         if bias is not None:
             bias.requires_grad_(False)
-        self.device, self.lora_dtype = device, lora_dtype
+        self._weight_device, self.lora_dtype = device, lora_dtype
         self.compute_dtype = compute_dtype
         self._np_compute_dtype = resolve_compute_dtype(compute_dtype)
+
+    @property
+    def device(self):
+        """The device W0's codes live on (Module.device looks at Parameters, and the NF4 weight is not one)."""
+        return self._weight_device
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, block_size: int = BLOCK_SIZE, double_quant: bool = False,

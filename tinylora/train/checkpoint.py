@@ -11,20 +11,60 @@ A checkpoint is a folder:
 Frozen weights are not copied: they are whatever the base model was. The
 folder is written under a temporary name and renamed into place when complete,
 and `latest.json` (written atomically) names the newest one, so a crash never
-leaves a half-written checkpoint that a resume would trust. Files are
-safetensors and JSON: nothing is pickled.
+leaves a half-written checkpoint that a resume would trust; the temporary
+folder of a killed write is deleted by the next checkpoint. A full disk raises
+one OSError that says the previous checkpoint is intact. Tensors holding NaN or
+inf are never saved (tinylora.io.check_finite). Files are safetensors and JSON:
+nothing is pickled.
+
+The run folder around the checkpoints:
+
+    run.json        what the run was (TrainConfig and setup: method, data and base hashes, ...)
+    metrics.jsonl   one JSON object per step;  loss.png
+    adapter/ or model/   what `tinylora finetune` writes at the end
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
 
 from tinylora.engine import random as tl_random
-from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.io import (FileFormatError, load_tensors, read_json, remove_stale_temps, save_tensors, temp_path_for,
+                         write_json_atomic)
 
 LATEST = "latest.json"
+RUN_RECORD = "run.json"
+# what a run writes into its folder: an earlier run is recognised, and --overwrite deletes, by these names
+RUN_OUTPUTS = (LATEST, RUN_RECORD, "metrics.jsonl", "loss.png", "adapter", "model", "step-[0-9]*")
+
+
+def earlier_run(run_dir) -> list:
+    """The names in `run_dir` that an earlier run wrote (empty for a new or unrelated folder)."""
+    return sorted(os.path.basename(p) for pattern in RUN_OUTPUTS
+                  for p in glob.glob(os.path.join(glob.escape(os.fspath(run_dir)), pattern)))
+
+
+def check_run_dir_free(run_dir) -> None:
+    """Raise FileExistsError if `run_dir` holds an earlier run (saying how to continue or replace it)."""
+    found = earlier_run(run_dir)
+    if found:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise FileExistsError(f"{run_dir} holds an earlier run ({shown}); continue it with --resume, "
+                              "replace it with --overwrite, or choose another folder")
+
+
+def claim_run_dir(run_dir, overwrite: bool = False) -> None:
+    """Make `run_dir` ready for a new run: refuse one that holds an earlier run, unless `overwrite`,
+    which deletes that run's files (RUN_OUTPUTS) and nothing else."""
+    if not overwrite:
+        check_run_dir_free(run_dir)
+    for name in earlier_run(run_dir):
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    os.makedirs(run_dir, exist_ok=True)
 
 
 def _trainable_state(model) -> dict:
@@ -34,10 +74,10 @@ def _trainable_state(model) -> dict:
 def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra: dict | None = None) -> str:
     """Write checkpoint `step` into `run_dir` (atomically) and point latest.json at it. Returns its path."""
     os.makedirs(run_dir, exist_ok=True)
+    remove_stale_temps(run_dir)  # what a killed checkpoint write left behind
     name = f"step-{step:06d}"
     final = os.path.join(run_dir, name)
-    temp = os.path.join(run_dir, f".{name}.tmp")
-    shutil.rmtree(temp, ignore_errors=True)
+    temp = temp_path_for(final)
     os.makedirs(temp)
     try:
         save_tensors(os.path.join(temp, "trainable.safetensors"), _trainable_state(model))
@@ -54,14 +94,27 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra:
                 "extra": extra or {},
             },
         )
-    except BaseException:  # a failed write (disk full, Ctrl-C) leaves no half folder behind
+    except BaseException as err:  # a failed write (disk full, Ctrl-C) leaves no half folder behind
         shutil.rmtree(temp, ignore_errors=True)
+        _add_what_is_kept(err, run_dir, name)
         raise
     if os.path.exists(final):  # re-saving the same step: replace the old folder
         shutil.rmtree(final)
     os.replace(temp, final)  # the folder appears complete or not at all
-    write_json_atomic(os.path.join(run_dir, LATEST), {"checkpoint": name, "step": step})
+    try:
+        write_json_atomic(os.path.join(run_dir, LATEST), {"checkpoint": name, "step": step})
+    except OSError as err:
+        _add_what_is_kept(err, run_dir, name)
+        raise
     return final
+
+
+def _add_what_is_kept(err: BaseException, run_dir, name: str) -> None:
+    """Append to a failed write's OSError (disk full, ...) which checkpoint a resume would use."""
+    if isinstance(err, OSError) and err.errno is not None:
+        previous = latest_checkpoint(run_dir)
+        kept = f"{previous} is intact and latest.json still names it" if previous else "no earlier checkpoint"
+        err.strerror = f"{err.strerror}; checkpoint {name} was not written, {kept}"
 
 
 def latest_checkpoint(run_dir) -> str | None:

@@ -3,20 +3,25 @@
 The loop does not know which it is running: it trains whatever parameters
 have requires_grad=True. For LoRA that is only A and B (apply_lora froze the
 rest), so the optimizer holds state for them alone and backward computes no
-gradient for W0. Everything else is shared:
+gradient for W0. Everything else is shared, and `train()` reads as:
 
+    start = start_run(...)                    a fresh run folder, or the latest checkpoint's step
     for step in range(start, max_steps):
-        x, y = batch for this step           (drawn with a seed made of (seed, step))
-        loss = model(x, y)                    forward
-        loss.backward()                       gradients of the trainable parameters only
-        clip the global gradient norm; AdamW step; learning-rate schedule step
-        every eval_every steps: validation loss; every checkpoint_every steps: a checkpoint
+        x, y = batch for this step            (drawn with a seed made of (seed, step))
+        row = train_step(...)                 forward, backward, clip the global gradient norm,
+                                              AdamW step, learning-rate schedule step
+        every eval_every steps: validation loss;  log the row;  every checkpoint_every steps: a checkpoint
 
 Batches depend only on (seed, step), and checkpoints hold the optimizer,
 scheduler and RNG state, so a run resumed from a checkpoint ends with exactly
-the weights of a run that was never interrupted.
+the weights of a run that was never interrupted. A resume is refused if any
+setting that changes the result differs from the checkpoint's (check_same_run).
 
-Metrics go to `run_dir/metrics.jsonl` (one JSON object per line) and a
+Nothing non-finite is ever applied or saved: a step whose loss or gradient norm
+is NaN/inf is not applied, and training stops (NonFiniteError) with the run
+folder's latest.json still naming the last checkpoint, which is finite.
+
+Metrics go to `run_dir/metrics.jsonl` (one strict JSON object per line) and a
 loss-curve PNG (if matplotlib is installed).
 """
 
@@ -24,25 +29,32 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tinylora.train import checkpoint as ckpt
 from tinylora.train import distributed
-from tinylora.engine.autograd import no_grad
 from tinylora.engine.backend import memory, synchronize
-from tinylora.io import read_json
-from tinylora.optim import AdamW, LRScheduler, clip_grad_norm_
 from tinylora.engine.tensor import tensor
+from tinylora.io import NonFiniteError, read_json, write_json_atomic
+from tinylora.nn.module import evaluating
+from tinylora.optim import AdamW, LRScheduler, clip_grad_norm_
+from tinylora.train import checkpoint as ckpt
+
+# The default peak learning rates of the `tinylora` command, the demo and the tutorial (one place).
+# Measured on the demo's E2E-style task from base-mini (README, "Learning rates"):
+LORA_LR = 3e-2
+FULL_LR = 1e-3
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run. `tinylora pretrain`/`finetune` set most fields with the flag of the same
-    name (--max-steps for max_steps); min_lr_ratio has no flag, and --no-progress sets progress=False."""
+    """Settings of one training run. `tinylora pretrain`/`finetune` set each field with the flag of the same
+    name (--max-steps for max_steps, --min-lr-ratio, --log-every); --no-progress sets progress=False."""
 
     max_steps: int = 200
     batch_size: int = 8
@@ -56,7 +68,37 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 0  # 0: one checkpoint at the end (if run_dir is given)
     seed: int = 0
-    progress: bool = True  # a tqdm progress bar
+    progress: bool = True  # a progress bar on a terminal; elsewhere a line every log_every steps
+    log_every: int = 0  # 0: about ten lines per run
+
+    def __post_init__(self):
+        positive = ("max_steps", "batch_size", "eval_every", "eval_batches")
+        wrong = [f"{name} must be a positive integer, got {getattr(self, name)!r}" for name in positive
+                 if not _is_int(getattr(self, name)) or getattr(self, name) < 1]
+        wrong += [f"{name} must be an integer >= 0, got {getattr(self, name)!r}"
+                  for name in ("warmup_steps", "checkpoint_every", "log_every", "seed")
+                  if not _is_int(getattr(self, name)) or getattr(self, name) < 0]
+        if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            wrong.append(f"lr must be a positive finite number, got {self.lr!r}")
+        if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            wrong.append(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (_is_real(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            wrong.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.grad_clip is not None and not (_is_real(self.grad_clip) and math.isfinite(self.grad_clip)
+                                               and self.grad_clip > 0):
+            wrong.append(f"grad_clip must be a positive finite number or None, got {self.grad_clip!r}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            wrong.append(f"schedule must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
+        if wrong:
+            raise ValueError("TrainConfig: " + "; ".join(wrong))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass
@@ -98,44 +140,67 @@ def eval_batches(dataset, batch_size: int, n_batches: int, seed: int = 0) -> lis
     return [dataset.get_batch(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
-def model_device(model):
-    return next(iter(model.parameters())).device
-
-
 def evaluate(model, batches) -> float:
     """Mean loss per target token over `batches`, in eval mode, without building a graph."""
     if not batches:
         return float("nan")
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    with no_grad():
+    with evaluating(model):  # every module's mode comes back afterwards
         for x, y in batches:
-            _, loss = model(tensor(x, device=device), tensor(y, device=device))
+            _, loss = model(tensor(x, device=model.device), tensor(y, device=model.device))
             n = int((y != -100).sum())
             total += loss.item() * n
             count += n
-    model.train(was_training)
     return total / max(count, 1)
 
 
-# ------------------------------------------------------------------ the loop
-# settings that decide which weights a run ends with: a resumed run must use the checkpoint's values
+# ------------------------------------------------------------------ one run's settings
+# training settings that decide which weights a run ends with: a resumed run must use the checkpoint's
 SAME_RUN_FIELDS = ("max_steps", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "min_lr_ratio",
                    "grad_clip", "seed")
+RECORD_ONLY = ("data", "base")  # recorded in `setup` for people to read; their content hashes are compared
 
 
-def check_same_run(saved: dict | None, config: TrainConfig, where) -> None:
-    """Refuse to resume a checkpoint saved with other training settings (the result would silently differ)."""
+def run_record(config: TrainConfig, setup: dict | None) -> dict:
+    """What a run folder records about its run: the TrainConfig and the caller's `setup`.
+
+    `setup` holds the result-affecting settings the loop cannot see: the method, LoRA's rank,
+    alpha, dropout, targets and layers, the data and base model and their content hashes,
+    the validation fraction (the `tinylora` command fills it in).
+    """
+    return {"config": asdict(config), "setup": dict(setup or {})}
+
+
+def check_same_run(saved: dict | None, record: dict, where) -> None:
+    """Refuse to resume a checkpoint saved with other settings (the result would silently differ).
+
+    saved: the checkpoint's record ({"config": ..., "setup": ...}; older ones hold the config alone).
+    Every difference is listed, the saved values first.
+    """
     if not saved:
         return  # a checkpoint written outside train(): nothing to compare
-    differ = [f for f in SAME_RUN_FIELDS if f in saved and saved[f] != getattr(config, f)]
+    saved_config = saved.get("config", {})
+    differ = [(f, saved_config[f], record["config"][f]) for f in SAME_RUN_FIELDS
+              if f in saved_config and saved_config[f] != record["config"][f]]
+    if "setup" in saved:
+        old, new = saved["setup"], record["setup"]
+        differ += [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                   if k not in RECORD_ONLY and _jsonable(old.get(k)) != _jsonable(new.get(k))]
     if differ:
-        was = ", ".join(f"{f}={saved[f]!r}" for f in differ)
-        now = ", ".join(f"{f}={getattr(config, f)!r}" for f in differ)
+        was = ", ".join(f"{name}={_short(value)}" for name, value, _ in differ)
+        now = ", ".join(f"{name}={_short(value)}" for name, _, value in differ)
         raise ValueError(f"cannot resume from {where}: it was trained with {was}, this run has {now}; "
-                         "resume with the same settings, or start a new run folder")
+                         "resume with the same settings, or start again with --overwrite or in another folder")
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))  # tuples become lists, as they are after a round trip through JSON
+
+
+def _short(value) -> str:
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return value[:19]  # sha256: and 12 hex digits are enough to tell two contents apart in a message
+    return repr(value)
 
 
 def make_optimizer(model, config: TrainConfig, param_groups=None):
@@ -154,90 +219,145 @@ def make_optimizer(model, config: TrainConfig, param_groups=None):
     return optimizer, scheduler
 
 
+def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, overwrite: bool,
+              writer: bool = True) -> int:
+    """Prepare `run_dir` and return the step to start from (0, or the resumed checkpoint's step).
+
+    resume: load the latest checkpoint if there is one (refused if its settings differ).
+    Otherwise a folder holding an earlier run is refused (FileExistsError) unless `overwrite`,
+    which first deletes what that run wrote. The run's record goes to run_dir/run.json.
+    """
+    if not run_dir:
+        return 0
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest:
+        extra = read_json(os.path.join(latest, "state.json"))["extra"]
+        check_same_run(extra.get("run", extra), record, latest)  # checkpoints before run.json kept {"config"}
+        return ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
+    if writer:  # under MPI only rank 0 touches the folder
+        ckpt.claim_run_dir(run_dir, overwrite=overwrite or resume)
+        write_json_atomic(os.path.join(run_dir, ckpt.RUN_RECORD), record)
+    return 0
+
+
+# ------------------------------------------------------------------ one step
+def train_step(model, batch, optimizer, scheduler, trainable, config: TrainConfig, step: int, dp=None,
+               extra_loss=None, after_step=None) -> dict:
+    """Forward, backward, clip, AdamW and schedule step on `batch`; returns the step's metrics row.
+
+    A NaN/inf loss or gradient norm is refused before the update is applied (NonFiniteError):
+    the weights and the optimizer stay as the previous step left them.
+    """
+    device = model.device
+    t0 = time.perf_counter()
+    dp = dp or distributed.current()
+    x, y = dp.shard(*batch)  # this rank's rows (all of them in one process)
+    loss = model(tensor(x, device=device), tensor(y, device=device))[1]  # drop the logits at once: backward
+    if extra_loss is not None:                                             # needs only what the graph saved
+        loss = loss + extra_loss(model)
+    optimizer.zero_grad()
+    loss.backward()
+    targets = int((y != -100).sum())
+    dp.average_gradients(trainable, targets)  # the global batch's gradient on every rank
+    loss_value = dp.global_mean(loss.item(), targets)
+    del loss
+    grad_norm = clip_grad_norm_(trainable, config.grad_clip or math.inf)  # inf: measure the norm, clip nothing
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        raise NonFiniteError(f"step {step + 1}: the loss is {loss_value:.4g} and the gradient norm {grad_norm:.4g}, "
+                             "so the step was not applied")
+    lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
+    optimizer.step()
+    if after_step is not None:
+        after_step(step + 1)
+    scheduler.step()
+    synchronize(device)  # wait for the GPU, so the step time is honest
+    seconds = time.perf_counter() - t0
+    return {"step": step + 1, "loss": loss_value, "lr": lr, "seconds": seconds, "tokens_per_s": x.size / seconds,
+            "memory_mib": memory.total() / 2**20, "grad_norm": grad_norm}
+
+
+def validate(model, batches, step: int) -> float:
+    """evaluate(), refusing a NaN/inf validation loss (the weights after `step` are no longer usable)."""
+    loss = evaluate(model, batches)
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"after step {step} the validation loss is {loss} (the weights overflowed), "
+                             "so nothing was saved")
+    return loss
+
+
+def _stopped(err: NonFiniteError, run_dir, config: TrainConfig) -> NonFiniteError:
+    """The one line a diverged run ends with: what happened, what is kept, what to try."""
+    latest = ckpt.latest_checkpoint(run_dir) if run_dir else None
+    kept = (f"{latest} (named by latest.json) holds the last finite weights" if latest
+            else "no checkpoint was written")
+    return NonFiniteError(f"training stopped: {err}; {kept}. Try a smaller learning rate "
+                          f"(--lr, now {config.lr:g}), a warm-up (--warmup-steps) or gradient clipping (--grad-clip)")
+
+
+# ------------------------------------------------------------------ the loop
 def train(model, train_data, val_data=None, config: TrainConfig | None = None, run_dir=None,
-          resume: bool = False, param_groups=None, extra_loss=None, after_step=None) -> TrainResult:
+          resume: bool = False, setup: dict | None = None, overwrite: bool = False, param_groups=None,
+          extra_loss=None, after_step=None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_data`; see the module docstring.
 
     train_data / val_data: a TextDataset or PairDataset (tinylora.data).
-    run_dir: where metrics, checkpoints and the loss plot go (None: nowhere).
-    resume: continue from run_dir's latest checkpoint if there is one. The checkpoint's
-        training settings (SAME_RUN_FIELDS) must equal `config`'s, or a ValueError says which differ.
+    run_dir: where metrics, checkpoints and the loss plot go (None: nowhere). A folder that
+        holds an earlier run is refused unless `resume` or `overwrite` (which clears it first).
+    resume: continue from run_dir's latest checkpoint if there is one. Its training settings
+        (SAME_RUN_FIELDS) and `setup` must equal this run's, or a ValueError lists every difference.
+    setup: the result-affecting settings the loop cannot see (run_record), recorded and compared.
     Hooks for methods that change the optimizer or the step (tinylora.methods; None: plain training):
     param_groups: AdamW groups to use (LoRA+'s learning rates); extra_loss(model): a Tensor added to
     the loss that is differentiated (AdaLoRA's orthogonality term; the logged loss includes it);
     after_step(step): called after each optimizer step while the gradients are alive (AdaLoRA's allocator).
+    Under `mpiexec -n N` each rank trains on its rows of every batch (train/distributed.py); rank 0 writes.
+    Raises NonFiniteError (one line, the run folder intact) when a step's loss or gradient is NaN/inf.
     """
     config = config or TrainConfig()
-    device = model_device(model)
-    dp = distributed.current()  # one process, or one rank of `mpiexec -n N` (train/distributed.py)
+    dp = distributed.current()  # one process, or one rank of `mpiexec -n N`
     optimizer, scheduler = make_optimizer(model, config, param_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(trainable=sum(p.size for p in trainable))
     val = eval_batches(val_data, config.batch_size, config.eval_batches, config.seed)
+    record = run_record(config, setup)
+    if dp.size > 1:
+        record["setup"]["ranks"] = dp.size  # resuming with another number of ranks is refused (listed as a difference)
 
-    start = 0
-    latest = ckpt.latest_checkpoint(run_dir) if resume and run_dir else None
-    if latest:
-        check_same_run(read_json(os.path.join(latest, "state.json"))["extra"].get("config"), config, latest)
-        dp.check_resume(read_json(os.path.join(latest, "state.json"))["extra"].get("ranks"))
-        start = ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
+    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, writer=dp.is_writer)
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
-    if start == 0:
-        result.val_loss_before = evaluate(model, val)
-        log.write({"step": 0, "val_loss": result.val_loss_before})
+    progress = _Progress(config, start) if dp.is_writer else None
+    hooks = {"dp": dp, "extra_loss": extra_loss, "after_step": after_step}
+    try:
+        if start == 0 and val:
+            result.val_loss_before = validate(model, val, 0)
+            log.write({"step": 0, "val_loss": result.val_loss_before})
+        model.train()
+        memory.reset_peak()
+        for step in range(start, config.max_steps):
+            batch = batch_for_step(train_data, config.batch_size, config.seed, step)
+            row = train_step(model, batch, optimizer, scheduler, trainable, config, step, **hooks)
+            result.step_times.append(row["seconds"])
+            if val and (row["step"] % config.eval_every == 0 or row["step"] == config.max_steps):
+                row["val_loss"] = validate(model, val, row["step"])
+            log.write(row)
+            if progress is not None:
+                progress.update(row)
+            result.history.append(row)
+            if run_dir and dp.is_writer and config.checkpoint_every and row["step"] % config.checkpoint_every == 0:
+                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler, {"run": record})
+    except NonFiniteError as err:
+        raise _stopped(err, run_dir, config) from None
+    finally:
+        if progress is not None:
+            progress.close()
 
-    bar = _progress(config, start) if dp.is_writer else None
-    model.train()
-    memory.reset_peak()
-    for step in range(start, config.max_steps):
-        t0 = time.perf_counter()
-        x, y = dp.shard(*batch_for_step(train_data, config.batch_size, config.seed, step))  # this rank's rows
-        loss = model(tensor(x, device=device), tensor(y, device=device))[1]  # drop the logits at once: backward
-        if extra_loss is not None:                                             # needs only what the graph saved
-            loss = loss + extra_loss(model)
-        optimizer.zero_grad()
-        loss.backward()
-        dp.average_gradients(trainable, int((y != -100).sum()))  # the global batch's gradient on every rank
-        grad_norm = clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip else None
-        lr = scheduler.lr  # the learning rate this step uses (scheduler.step() sets the next one)
-        optimizer.step()
-        if after_step is not None:
-            after_step(step + 1)
-        scheduler.step()
-        loss_value = dp.global_mean(loss.item(), int((y != -100).sum()))  # .item() also waits for the GPU
-        del loss
-        synchronize(device)
-        seconds = time.perf_counter() - t0
-        result.step_times.append(seconds)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"step {step + 1}: the loss is {loss_value}; try a smaller --lr")
-
-        done = step + 1
-        row = {"step": done, "loss": loss_value, "lr": lr, "seconds": seconds,
-               "tokens_per_s": x.size / seconds, "memory_mib": memory.total() / 2**20}
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        if val and (done % config.eval_every == 0 or done == config.max_steps):
-            row["val_loss"] = evaluate(model, val)
-        log.write(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
-                            mem=f"{row['memory_mib']:.0f}MiB", refresh=False)
-            bar.update(1)
-        if run_dir and dp.is_writer and config.checkpoint_every and done % config.checkpoint_every == 0:
-            ckpt.save_checkpoint(run_dir, done, model, optimizer, scheduler, {"config": asdict(config), "ranks": dp.size})
-        result.history.append(row)
-
-    if bar is not None:
-        bar.close()
     stats = memory.stats()
     result.peak_bytes, result.peak_split = stats["peak"], stats["peak_split"]
     result.val_loss_after = evaluate(model, val) if val else None
     if run_dir and dp.is_writer:
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
         if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
-            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler,
-                                 {"config": asdict(config), "ranks": dp.size})
+            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, {"run": record})
         from tinylora.train.plot import plot_losses
 
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
@@ -249,7 +369,8 @@ class _MetricsLog:
 
     A new run starts the file afresh. A run resumed at step k keeps the rows of
     steps <= k and drops the later ones: those steps ran after the checkpoint,
-    were lost with the interruption, and are about to be run again.
+    were lost with the interruption, and are about to be run again. Lines are
+    strict JSON: a value that is not a finite number is written as null.
     """
 
     def __init__(self, run_dir, resume_step: int = 0):
@@ -266,8 +387,12 @@ class _MetricsLog:
 
     def write(self, row: dict) -> None:
         if self.path:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(clean, allow_nan=False) + "\n")
+            except OSError as err:  # a full disk: say which file, in one line
+                raise OSError(err.errno, f"cannot write {self.path}: {err.strerror}") from err
 
 
 def _step_of(line: str) -> float:
@@ -278,10 +403,31 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def _progress(config: TrainConfig, start: int):
-    if not config.progress:
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """A tqdm bar when stderr is a terminal; otherwise (a log file, a pipe, a notebook's
+    captured output) one line every `log_every` steps, so a long run is never silent."""
 
-    # disable=None: no bar when the output is not a terminal (a log file gets no hundreds of redraws)
-    return tqdm(total=config.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
+    def __init__(self, config: TrainConfig, start: int):
+        self.bar, self.every, self.total = None, 0, config.max_steps
+        if not config.progress:
+            return
+        if sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=config.max_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        else:
+            self.every = config.log_every or max(1, config.max_steps // 10)
+
+    def update(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
+                                 mem=f"{row['memory_mib']:.0f}MiB", refresh=False)
+            self.bar.update(1)
+        elif self.every and (row["step"] % self.every == 0 or row["step"] == self.total):
+            val = f"  val_loss {row['val_loss']:.4f}" if "val_loss" in row else ""
+            print(f"step {row['step']}/{self.total}  loss {row['loss']:.4f}{val}  lr {row['lr']:.2e}  "
+                  f"{row['seconds']:.2f} s/step  {row['memory_mib']:.0f} MiB", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
