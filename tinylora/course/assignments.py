@@ -119,7 +119,21 @@ A5 = Assignment(
              needs=(1, 4)),
     ))
 
-ASSIGNMENTS = (A1, A2, A3, A4, A5)
+NF4 = "tinylora/quant/nf4.py"
+
+A6 = Assignment(
+    "A6", "Memory: NF4 and LoRA-FA", "tutorials/course/A6_memory.ipynb", "tests/course/test_a6_memory.py", (
+        Task(1, "the NF4 code book", ((NF4, "nf4_code_book"),),
+             "16 values from normal quantiles (8 positive, 7 negative, an exact 0), scaled into [-1, 1]"),
+        Task(2, "two codes per byte", ((NF4, "pack_nibbles"), (NF4, "unpack_nibbles")),
+             "pack 4-bit codes two per uint8 (the first in the high nibble) and unpack them", needs=(1,)),
+        Task(3, "block-wise absmax", ((NF4, "quantize_blocks"), (NF4, "dequantize_blocks")),
+             "per block of 64: absmax c_b, the nearest code of x / c_b, packed; back: code[q] · c_b", needs=(1, 2)),
+        Task(4, "LoRA-FA", (("tinylora/methods/lora_fa.py", "freeze_lora_A"),),
+             "freeze every LoRA layer's A (no gradient, none kept), so the branch saves A x and not x"),
+    ))
+
+ASSIGNMENTS = (A1, A2, A3, A4, A5, A6)
 
 
 def get_assignment(name: str) -> Assignment:
