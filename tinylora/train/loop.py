@@ -220,7 +220,7 @@ def make_optimizer(model, config: TrainConfig, param_groups=None):
 
 
 def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, overwrite: bool,
-              writer: bool = True) -> int:
+              dp=None) -> int:
     """Prepare `run_dir` and return the step to start from (0, or the resumed checkpoint's step).
 
     resume: load the latest checkpoint if there is one (refused if its settings differ).
@@ -233,8 +233,9 @@ def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, 
     if latest:
         extra = read_json(os.path.join(latest, "state.json"))["extra"]
         check_same_run(extra.get("run", extra), record, latest)  # checkpoints before run.json kept {"config"}
+        (dp or distributed.current()).check_resume(extra.get("ranks"))  # the same number of MPI ranks
         return ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
-    if writer:  # under MPI only rank 0 touches the folder
+    if (dp or distributed.current()).is_writer:  # under MPI only rank 0 touches the folder
         ckpt.claim_run_dir(run_dir, overwrite=overwrite or resume)
         write_json_atomic(os.path.join(run_dir, ckpt.RUN_RECORD), record)
     return 0
@@ -320,10 +321,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     result = TrainResult(trainable=sum(p.size for p in trainable))
     val = eval_batches(val_data, config.batch_size, config.eval_batches, config.seed)
     record = run_record(config, setup)
-    if dp.size > 1:
-        record["setup"]["ranks"] = dp.size  # resuming with another number of ranks is refused (listed as a difference)
 
-    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, writer=dp.is_writer)
+    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp)
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
     progress = _Progress(config, start) if dp.is_writer else None
     hooks = {"dp": dp, "extra_loss": extra_loss, "after_step": after_step}
@@ -344,7 +343,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
                 progress.update(row)
             result.history.append(row)
             if run_dir and dp.is_writer and config.checkpoint_every and row["step"] % config.checkpoint_every == 0:
-                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler, {"run": record})
+                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler,
+                                     {"run": record, "ranks": dp.size})
     except NonFiniteError as err:
         raise _stopped(err, run_dir, config) from None
     finally:
@@ -357,7 +357,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     if run_dir and dp.is_writer:
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
         if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
-            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, {"run": record})
+            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler,
+                                 {"run": record, "ranks": dp.size})
         from tinylora.train.plot import plot_losses
 
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
