@@ -64,6 +64,24 @@ def _seed_everything():
     yield
 
 
+def random_hf_gpt2(folder, sizes: dict):
+    """Save a Hugging Face GPT-2 with random N(0, 0.1²) weights (LayerNorm weights around 1) to `folder`.
+
+    Returns (torch, transformers, peft), imported through `require`. Used by the PEFT comparison tests."""
+    torch = require("torch")
+    transformers = require("transformers")
+    peft = require("peft")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**sizes))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.1)
+            if ".ln_" in name and name.endswith("weight"):
+                p.add_(1.0)
+    model.save_pretrained(folder)
+    return torch, transformers, peft
+
+
 def assert_close(actual, expected, rtol, atol, what=""):
     """np.testing.assert_allclose that also prints the largest absolute difference."""
     actual, expected = np.asarray(actual), np.asarray(expected)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close, require
+from conftest import assert_close, random_hf_gpt2
 
 import tinylora
 from tinylora.model.hf_gpt2 import load_gpt2
@@ -38,18 +38,8 @@ PLACES = {"attn.c_attn": ("attn", ("q", "k", "v")), "attn.c_proj": ("attn", ("o"
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     """(torch, peft, load_hf, base_dir): load_hf() returns a fresh float64 HF copy of the randomised base."""
-    torch = require("torch")
-    transformers = require("transformers")
-    peft = require("peft")
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_SIZES))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, 0.1)
-            if ".ln_" in name and name.endswith("weight"):
-                p.add_(1.0)
     base = tmp_path_factory.mktemp("methods_peft_base")
-    model.save_pretrained(base)
+    torch, transformers, peft = random_hf_gpt2(base, HF_SIZES)
 
     def load_hf():
         return transformers.GPT2LMHeadModel.from_pretrained(base, torch_dtype=torch.float64).eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close, require
+from conftest import assert_close, random_hf_gpt2
 
 import tinylora
 from tinylora.model.hf_gpt2 import load_gpt2
@@ -27,18 +27,8 @@ ATOL = 1e-5  # float32 logits of O(1): rounding differences between the librarie
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     """(torch, peft, load_hf, base_dir): load_hf() returns a fresh HF copy of the randomised base model."""
-    torch = require("torch")
-    transformers = require("transformers")
-    peft = require("peft")
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_SIZES))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, 0.1)
-            if ".ln_" in name and name.endswith("weight"):
-                p.add_(1.0)
     base = tmp_path_factory.mktemp("peft_base")
-    model.save_pretrained(base)
+    torch, transformers, peft = random_hf_gpt2(base, HF_SIZES)
 
     def load_hf():
         return transformers.GPT2LMHeadModel.from_pretrained(base).eval()
