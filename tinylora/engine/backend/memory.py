@@ -15,7 +15,7 @@ An array is counted once, by its underlying buffer: a view (a transpose, a
 reshape) of a counted array adds nothing. When one buffer gets two tags, the
 first in the list above wins (a weight saved for backward is still a parameter).
 An activation counts as 'saved' only while some op node holds it for backward.
-A buffer stops counting the moment it is freed (a weakref finalizer fires).
+A buffer stops counting the moment it is freed (a weakref callback fires).
 
 What is *not* counted: temporaries that live only inside one op's forward or
 backward. So these numbers are a lower bound on what the process uses; the
@@ -46,9 +46,10 @@ class MemoryTracker:
 
     def __init__(self):
         self.enabled = True
-        # id(buffer) -> [nbytes, own category, number of op nodes holding it for backward]
+        # id(buffer) -> [nbytes, own category, number of op nodes holding it for backward, weakref to the buffer]
         self._entries: dict[int, list] = {}
         self.current = {name: 0 for name in CATEGORIES}
+        self._total = 0  # sum(self.current.values()), kept as the counts change
         self.peak_total = 0
         self.peak_split = dict(self.current)  # the split at the moment of the total's peak
         self.category_peak = dict(self.current)  # each category's own highest value
@@ -60,28 +61,38 @@ class MemoryTracker:
             return "saved"
         return entry[1]
 
+    def _add(self, category: str, nbytes: int) -> None:
+        """current[category] += nbytes (negative: -=); a rise may set a new peak."""
+        value = self.current[category] = self.current[category] + nbytes
+        self._total += nbytes
+        if nbytes > 0:
+            if value > self.category_peak[category]:
+                self.category_peak[category] = value
+            if self._total > self.peak_total:
+                self.peak_total = self._total
+                self.peak_split = dict(self.current)
+
     def _entry(self, array, category):
         buffer = _base_buffer(array)
         key = id(buffer)
         entry = self._entries.get(key)
         if entry is None:
-            try:
-                weakref.finalize(buffer, self._release, key)
+            try:  # when the buffer is freed, the callback stops counting it (the entry keeps the weakref alive)
+                ref = weakref.ref(buffer, lambda _, key=key: self._release(key))
             except TypeError:  # not weak-referenceable (should not happen for ndarrays)
                 return None
-            entry = self._entries[key] = [int(buffer.nbytes), category, 0]
-            self.current[category] += entry[0]
-            self._update_peak()
+            entry = self._entries[key] = [int(buffer.nbytes), category, 0, ref]
+            self._add(category, entry[0])
         return entry
 
-    def _retag(self, entry, change) -> None:
+    def _set(self, entry, index: int, value) -> None:
+        """entry[index] = value (its category, or how many nodes hold it), moving its bytes if that retags it."""
         before = self._effective(entry)
-        change(entry)
+        entry[index] = value
         after = self._effective(entry)
         if after != before:
-            self.current[before] -= entry[0]
-            self.current[after] += entry[0]
-            self._update_peak()
+            self._add(before, -entry[0])
+            self._add(after, entry[0])
 
     def track(self, array, category: str = "other"):
         """Count `array`'s buffer under `category` until it is freed. Returns the array."""
@@ -89,7 +100,7 @@ class MemoryTracker:
             return array
         entry = self._entry(array, category)
         if entry is not None and _RANK[category] < _RANK[entry[1]]:  # e.g. other -> gradients
-            self._retag(entry, lambda e: e.__setitem__(1, category))
+            self._set(entry, 1, category)
         return array
 
     def hold_for_backward(self, array) -> None:
@@ -97,31 +108,22 @@ class MemoryTracker:
         if self.enabled and hasattr(array, "nbytes"):
             entry = self._entry(array, "other")
             if entry is not None:
-                self._retag(entry, lambda e: e.__setitem__(2, e[2] + 1))
+                self._set(entry, 2, entry[2] + 1)
 
     def drop_for_backward(self, array) -> None:
         """The node let go of `array` (backward passed it, or the graph was dropped)."""
         entry = self._entries.get(id(_base_buffer(array)))
         if entry is not None and entry[2] > 0:
-            self._retag(entry, lambda e: e.__setitem__(2, e[2] - 1))
+            self._set(entry, 2, entry[2] - 1)
 
     def _release(self, key: int) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self.current[self._effective(entry)] -= entry[0]
-
-    def _update_peak(self) -> None:
-        for name, value in self.current.items():
-            if value > self.category_peak[name]:
-                self.category_peak[name] = value
-        total = sum(self.current.values())
-        if total > self.peak_total:
-            self.peak_total = total
-            self.peak_split = dict(self.current)
+            self._add(self._effective(entry), -entry[0])
 
     def total(self) -> int:
         """Bytes held by live tracked arrays right now."""
-        return sum(self.current.values())
+        return self._total
 
     def reset_peak(self) -> None:
         """Start a new measurement window: the peak becomes what is alive now."""
@@ -146,8 +148,9 @@ class MemoryTracker:
 
 def _base_buffer(array):
     """The array that owns the memory a view looks at (follows `.base` while it is an array)."""
-    while getattr(array, "base", None) is not None and hasattr(array.base, "nbytes") and hasattr(array.base, "shape"):
-        array = array.base
+    base = getattr(array, "base", None)
+    while base is not None and hasattr(base, "nbytes") and hasattr(base, "shape"):
+        array, base = base, getattr(base, "base", None)
     return array
 
 
