@@ -2,9 +2,9 @@
 
 - the allocator setting is on by default, off with TINYLORA_ALLOCATOR=system, and a wrong value is an error;
 - a small product runs on one thread, a large one on at most the user's limit and the free cores, and
-  the thread count never changes a product's value beyond float rounding; a stack of products split over
-  threads, or with its transposed matrices copied first, is the same product, and attention's gradients
-  through it pass the float64 check and equal the plain path's;
+  the thread count never changes a product's value beyond float rounding; a stack of transposed matrices
+  copied to row-major first is the same product, and attention's gradients through it pass the float64
+  check and equal the plain path's;
 - the fake device refuses what CuPy refuses (implicit host copies, host arrays in device ops, Python
   numbers from device arrays, NumPy-only functions) and otherwise computes what NumPy computes.
 """
@@ -68,18 +68,12 @@ def test_the_thread_count_does_not_change_a_product():
     np.testing.assert_allclose(threads.matmul(big_a, big_b), big_a @ big_b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("shape_a, shape_b", [
-    ((5, 3, 4, 6), (5, 3, 6, 2)),  # five pieces' worth, cut unevenly
-    ((1, 3, 4, 6), (5, 3, 6, 2)),  # a broadcast first axis goes whole to every piece
-    ((5, 3, 4, 6), (3, 6, 2)),  # fewer axes: broadcast over the first
-    ((2, 1, 4, 6), (1, 7, 6, 2)),
-])
-def test_a_stack_split_over_threads_is_the_same_product(shape_a, shape_b):
+@pytest.mark.parametrize("shape_a, shape_b", [((5, 3, 4, 6), (5, 3, 6, 2)), ((4, 6), (5, 3, 6, 2)), ((1, 3, 4, 6), (3, 6, 2))])
+def test_a_stack_of_transposed_matrices_copied_first_is_the_same_product(shape_a, shape_b):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
-    for parts in (2, 3, 8):  # 8 > the first axis: as many pieces as there are
-        np.testing.assert_allclose(threads._split_over_first_axis(a, b, parts), a @ b, rtol=1e-13, atol=1e-13)
-    transposed = np.ascontiguousarray(b.swapaxes(-1, -2)).swapaxes(-1, -2)  # column-major matrices: copied first
+    transposed = np.ascontiguousarray(b.swapaxes(-1, -2)).swapaxes(-1, -2)  # b's values, column-major matrices
+    assert transposed.strides[-2] == transposed.itemsize  # the layout the copy is for
     np.testing.assert_allclose(threads.matmul(a, transposed), a @ b, rtol=1e-13, atol=1e-13)
 
 
@@ -90,25 +84,25 @@ def _attention(q, k, v):
     return att @ v
 
 
-def test_attention_gradients_through_split_stacks_pass_gradcheck_and_equal_the_plain_path(monkeypatch):
-    """Every stack split in two (as on a quiet 2-core machine) and every k^T copied: the same numbers."""
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_attention_gradients_with_the_copy_pass_gradcheck_and_equal_the_plain_path(monkeypatch, thread_count):
     from gradcheck import gradcheck, random_array
 
+    monkeypatch.setattr(threads, "threads_for", lambda flops: min(thread_count, threads.usable_cores()))
     shape = (3, 2, 5, 4)  # (B, nh, T, hs)
     inputs = [tinylora.tensor(random_array(shape, seed=i), dtype="float64", requires_grad=True) for i in range(3)]
     upstream = tinylora.tensor(random_array(shape, seed=9), dtype="float64")
     results = {}
-    for rules in (False, True):
-        monkeypatch.setattr(threads, "_stack_rules", rules)
-        monkeypatch.setattr(threads, "threads_for", lambda flops: 2)
+    for copy in (False, True):
+        monkeypatch.setattr(threads, "_copy_transposed_stacks", copy)
         for t in inputs:
             t.grad = None
         y = _attention(*inputs)
         y.backward(upstream)
-        results[rules] = [y.data] + [t.grad.data for t in inputs]
+        results[copy] = [y.data] + [t.grad.data for t in inputs]
         gradcheck(_attention, inputs)
-    for plain, split in zip(results[False], results[True]):
-        np.testing.assert_allclose(split, plain, rtol=1e-12, atol=1e-13)
+    for plain, copied in zip(results[False], results[True]):
+        np.testing.assert_allclose(copied, plain, rtol=1e-12, atol=1e-13)
 
 
 def test_the_fake_device_refuses_what_cupy_refuses():
