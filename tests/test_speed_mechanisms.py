@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,6 +59,22 @@ def test_small_products_get_one_thread_and_large_ones_at_most_the_limit():
 
 def test_free_cores_is_between_one_and_the_usable_cores():
     assert 1 <= threads.free_cores() <= threads.usable_cores()
+
+
+@pytest.mark.parametrize("others, free", [(0.0, 2), (0.2, 2), (0.3, 1), (0.6, 1), (1.0, 1), (1.8, 1)])
+def test_a_core_others_use_more_than_a_quarter_of_the_time_is_not_free(monkeypatch, others, free):
+    """2 cores; over a 1 s interval this process used 0.9 CPU seconds and the others `others`."""
+    clock = {"wall": 100.0, "own": 50.0, "machine": 500.0}
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "time", SimpleNamespace(perf_counter=lambda: clock["wall"],
+                                                         process_time=lambda: clock["own"]))
+    monkeypatch.setattr(threads, "_cpu_seconds_of_all_processes", lambda: clock["machine"])
+    monkeypatch.setattr(threads, "_sample", None)
+    assert threads.free_cores() == 2  # no interval yet: a quiet machine is assumed
+    clock["wall"] += 1.0
+    clock["own"] += 0.9
+    clock["machine"] += 0.9 + others
+    assert threads.free_cores() == free
 
 
 def test_the_thread_count_does_not_change_a_product():

@@ -12,7 +12,15 @@ quiet machine. So tinylora decides per product:
 
 "free cores" is measured, not guessed: over the last interval (at least INTERVAL seconds), the CPU
 time every process spent (from /proc/stat) minus the CPU time this process spent (its own threads),
-divided by the wall time, is the number of cores others keep busy; the rest are free (at least 1).
+divided by the wall time, is the number of cores others keep busy, `others`; a core counts as free
+only if others left it idle for all but BUSY_SHARE of the interval:
+
+    free cores = floor(cores - others + BUSY_SHARE), at least 1
+
+A second thread on a core someone else uses even part of the time costs far more than it gains (the
+collapse above), and while tinylora's two threads fight a competitor for the cores, the competitor
+gets less than a whole core: rounding `cores - others` to the nearest whole number kept choosing two
+threads there.
 Where /proc/stat does not exist (not Linux), every core counts as free.
 
 The user decides the limit (the most threads tinylora ever uses):
@@ -30,6 +38,7 @@ without it installed, products run with whatever the BLAS library chose (nothing
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -38,6 +47,7 @@ import time
 # (0.230 s against 0.258 s, quiet; issue 16). GPT-2 small's products (0.4 - 4.8 GFLOP at 4 x 256) are above it.
 SMALL_FLOPS = 300e6
 INTERVAL = 0.2  # seconds: how often the free cores are measured again
+BUSY_SHARE = 0.25  # a core others kept busy for more than this share of the interval is not free
 
 _limit: int | None = None  # the user's limit (TINYLORA_THREADS or set_num_threads), None: the BLAS default
 _adaptive = os.environ.get("TINYLORA_ADAPTIVE_THREADS", "1").strip() != "0"
@@ -117,7 +127,7 @@ def free_cores() -> int:
     else:
         wall = now - _sample[0]
         others = (machine - _sample[1]) - (own - _sample[2])  # CPU seconds other processes used
-        _free = max(1, min(cores, round(cores - others / wall)))
+        _free = max(1, min(cores, math.floor(cores - others / wall + BUSY_SHARE)))
     _sample = (now, machine, own)
     return _free
 
