@@ -79,7 +79,7 @@ def test_a_core_others_use_more_than_a_quarter_of_the_time_is_not_free(monkeypat
 
 def test_the_thread_count_does_not_change_a_product():
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 250))  # 30 MFLOP: one thread
+    a, b = rng.standard_normal((30, 20)), rng.standard_normal((20, 25))  # 30 kFLOP: one thread
     big_a, big_b = rng.standard_normal((1200, 1000)), rng.standard_normal((1000, 1300))  # 3.1 GFLOP: threaded
     np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(threads.matmul(big_a, big_b), big_a @ big_b, rtol=1e-10, atol=1e-10)

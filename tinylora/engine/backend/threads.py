@@ -7,7 +7,7 @@ product's second thread waits for a time slice while the first spins waiting for
 that takes 0.03 ms alone can take 20 ms. Small products gain little from a second thread even on a
 quiet machine. So tinylora decides per product:
 
-    threads = 1                          if the product has fewer than SMALL_FLOPS = 2 n k m FLOPs
+    threads = 1                          if one matrix product has fewer than SMALL_FLOPS = 2 n k m FLOPs
     threads = min(limit, free cores)     otherwise
 
 "free cores" is measured, not guessed: over the last interval (at least INTERVAL seconds), the CPU
@@ -42,10 +42,12 @@ import math
 import os
 import time
 
-# Below this a product runs on one thread. base-mini's largest product (2048 x 128 @ 128 x 512, 268 MFLOP) is
-# under it: on the 2-core development machine its whole LoRA step ran faster on one thread than on two
-# (0.230 s against 0.258 s, quiet; issue 16). GPT-2 small's products (0.4 - 4.8 GFLOP at 4 x 256) are above it.
-SMALL_FLOPS = 300e6
+# Below this a product runs on one thread. It counts one matrix: NumPy calls BLAS once per matrix of a stack,
+# and each call starts and joins its threads. Quiet, on the 2-core development machine (issue 16), two
+# threads were faster from about 1 MFLOP up (512 x 128 @ 128 x 8, 1.05 MFLOP: 27 -> 19 us; 2048 x 128 @ 128 x 8,
+# LoRA's A at base-mini, 4.2 MFLOP: 87 -> 52 us) but not for attention's stacks of 128 x 32 @ 32 x 128
+# (1.05 MFLOP each) at base-mini. (It was 300 MFLOP for the whole product: base-mini ran on one thread.)
+SMALL_FLOPS = 2e6
 INTERVAL = 0.2  # seconds: how often the free cores are measured again
 BUSY_SHARE = 0.25  # a core others kept busy for more than this share of the interval is not free
 
@@ -160,8 +162,7 @@ def matmul(a, b):
         return a @ b
     n, k = (a.shape[-2], a.shape[-1]) if a.ndim > 1 else (1, a.shape[-1])
     m = b.shape[-1] if b.ndim > 1 else 1
-    batch = max(a.size // max(n * k, 1), b.size // max(k * m, 1))
-    use_threads(threads_for(2.0 * batch * n * k * m))
+    use_threads(threads_for(2.0 * n * k * m))  # per matrix: NumPy calls BLAS once for each matrix of a stack
     if _copy_transposed_stacks and b.ndim > 2 and b.strides[-2] == b.itemsize and m > 1:
         b = b.copy()  # row-major matrices
     return a @ b
