@@ -37,6 +37,7 @@ import time
 # under it: on the 2-core development machine its whole LoRA step ran faster on one thread than on two
 # (0.230 s against 0.258 s, quiet; issue 16). GPT-2 small's products (0.4 - 4.8 GFLOP at 4 x 256) are above it.
 SMALL_FLOPS = 300e6
+SMALL_ELEMENTS = 1 << 18  # an elementwise kernel over fewer numbers (1 MiB of float32) runs on one thread
 INTERVAL = 0.2  # seconds: how often the free cores are measured again
 
 _limit: int | None = None  # the user's limit (TINYLORA_THREADS or set_num_threads), None: the BLAS default
@@ -128,6 +129,20 @@ def threads_for(flops: float) -> int:
     if not _adaptive:
         return limit
     if flops < SMALL_FLOPS or limit == 1:
+        return 1
+    return min(limit, free_cores())
+
+
+def workers_for(elements: int) -> int:
+    """How many threads share an elementwise kernel over `elements` numbers (engine/kernels/blocks.py).
+
+    The same rule as for products: one thread below SMALL_ELEMENTS (starting a thread costs more than
+    it saves), else the free cores up to the limit.
+    """
+    limit = get_num_threads()
+    if not _adaptive:
+        return limit
+    if elements < SMALL_ELEMENTS or limit == 1:
         return 1
     return min(limit, free_cores())
 
