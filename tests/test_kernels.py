@@ -188,3 +188,37 @@ def test_cuda_adam_body_equals_the_optimizer():
         c1, c2 = 1 - 0.9**t, 1 - 0.999**t
         cuda.emulate(np, "adam_update", g, 0.9, 0.999, 1e-8, 0.01 / c1, math.sqrt(c2), p_k, m, v)
     np.testing.assert_allclose(p_k, p.data, rtol=1e-13, atol=1e-15)
+
+
+def _adam_run(on: bool, dtype) -> np.ndarray:
+    rng = np.random.default_rng(10)
+    p = tinylora.nn.Parameter(tinylora.tensor(rng.standard_normal((33, 7)).astype(dtype), device="cpu"))
+    opt = tinylora.optim.AdamW([p], lr=0.01, weight_decay=0.1)
+    kernels.set_enabled(on)
+    try:
+        for _ in range(3):
+            p.grad = tinylora.tensor(rng.standard_normal((33, 7)).astype(dtype), device="cpu")
+            opt.step()
+    finally:
+        kernels.set_enabled(True)
+    return p.data
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_kernel_runs_the_optimizer_lines_exactly(small_blocks_two_threads, dtype):
+    # the same in-place lines in the same order per element: bitwise the same parameters
+    np.testing.assert_array_equal(_adam_run(True, dtype), _adam_run(False, dtype))
+
+
+def test_adam_kernel_needs_only_block_sized_scratch():
+    import tracemalloc
+
+    p = tinylora.nn.Parameter(tinylora.tensor(np.ones((512, 512)), device="cpu"))  # 2 MiB, 8 blocks
+    opt = tinylora.optim.Adam([p], lr=0.1)
+    p.grad = tinylora.tensor(np.full((512, 512), 0.1), device="cpu")
+    opt.step()  # the first step makes m and v
+    tracemalloc.start()
+    opt.step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * blocks.BLOCK_ELEMENTS * 8, f"a step allocated {peak} bytes"  # a few blocks, not 2 MiB

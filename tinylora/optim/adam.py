@@ -20,7 +20,8 @@ decay every parameter, as torch.optim.AdamW does.
 With LoRA, A and B are matrices, so they are decayed either way.
 
 State per trainable parameter: m and v (same shape as θ) and the step count t.
-Everything is updated in place with the help of one shared work buffer.
+Everything is updated in place with the help of one shared work buffer (on NumPy and CuPy
+arrays the same lines run block by block, in engine/kernels/adam.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 
 from tinylora.engine import kernels
-from tinylora.engine.kernels import cuda
+from tinylora.engine.kernels import adam as fast
 from tinylora.optim.optimizer import Optimizer
 
 
@@ -69,8 +70,8 @@ class Adam(Optimizer):
         s["step"] += 1
         t, m, v = s["step"], s["m"], s["v"]
         c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
-        if kernels.use(p.data, g) == "gpu":  # the lines below as one fused CUDA kernel
-            cuda.adam_update(p.data, g, m, v, beta1, beta2, eps, lr / c1, math.sqrt(c2))
+        if kernels.use(p.data, g, m, v):  # the lines below, block by block (engine/kernels/adam.py)
+            fast.update(xp, p.data, g, m, v, beta1, beta2, eps, lr / c1, math.sqrt(c2))
             return
         buf = self.scratch(p)  # work buffer shaped like θ
 

@@ -1,4 +1,5 @@
-"""How many threads a matrix product gets: one for a small product, the free cores for a large one.
+"""How many threads a matrix product (or an elementwise kernel) gets: one for a small one, the free
+cores for a large one.
 
 Why this exists. OpenBLAS starts its threads for almost every product and, by default, as many as
 the machine has cores. On a quiet machine that is right for large products. On a busy one (a shared
@@ -14,6 +15,9 @@ quiet machine. So tinylora decides per product:
 time every process spent (from /proc/stat) minus the CPU time this process spent (its own threads),
 divided by the wall time, is the number of cores others keep busy; the rest are free (at least 1).
 Where /proc/stat does not exist (not Linux), every core counts as free.
+
+The elementwise kernels (engine/kernels/) share their blocks among threads by the same rule, with
+SMALL_ELEMENTS numbers in place of SMALL_FLOPS (`workers_for`).
 
 The user decides the limit (the most threads tinylora ever uses):
 
