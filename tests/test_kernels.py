@@ -156,6 +156,22 @@ def test_cuda_gelu_bodies_equal_the_readable_op():
     np.testing.assert_allclose(bwd, leaf.grad.numpy(), rtol=1e-13, atol=1e-14)
 
 
+def test_cuda_softmax_backward_body_equals_the_readable_op():
+    rng = np.random.default_rng(11)
+    scores, dy = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((2, 3, 6, 6))
+    future = np.triu(np.ones((6, 6), dtype=bool), k=1)
+    kernels.set_enabled(False)
+    try:
+        leaf = tinylora.tensor(scores, requires_grad=True)
+        y = F.causal_softmax(leaf, 0.5, future)
+        y.backward(tinylora.tensor(dy))
+    finally:
+        kernels.set_enabled(True)
+    y = y.detach().numpy()
+    (ds,) = cuda.emulate(np, "softmax_backward", y, dy, (dy * y).sum(-1, keepdims=True), 0.5)
+    np.testing.assert_allclose(ds, leaf.grad.numpy(), rtol=1e-12, atol=1e-13)
+
+
 def test_cuda_layer_norm_bodies_equal_the_readable_op():
     rng = np.random.default_rng(8)
     x, dy = rng.standard_normal((6, 10)), rng.standard_normal((6, 10))

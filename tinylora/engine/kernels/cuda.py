@@ -21,6 +21,10 @@ BODIES = {
         T t = tanh(C * x * (1 + K * x * x));
         dx = g * (0.5 * (1 + t) + 0.5 * C * x * (1 + 3 * K * x * x) * (1 - t) * (1 + t));
     """),
+    # causal softmax backward: ds = scale y (dy - sum(dy y)), the sum (one per row) given
+    "softmax_backward": ("T y, T dy, T row, T scale", "T ds", """
+        ds = scale * y * (dy - row);
+    """),
     # layer norm: xhat = (x - mean) rstd, y = xhat w + b  (mean, rstd: one per row, broadcast)
     "layer_norm_forward": ("T x, T mean, T rstd, T w, T b", "T xhat, T y", """
         xhat = (x - mean) * rstd;

@@ -10,7 +10,8 @@ The math is in engine/ops/attention.py (CausalSoftmax) and engine/ops/loss.py (C
 
 from __future__ import annotations
 
-from tinylora.engine.kernels import blocks
+from tinylora.engine import kernels
+from tinylora.engine.kernels import blocks, cuda
 
 
 def causal_forward(xp, scores, scale, future):
@@ -33,6 +34,9 @@ def causal_forward(xp, scores, scale, future):
 
 def causal_backward(xp, y, grad, scale):
     """y, grad: (..., T, S) C-contiguous. Returns ds, one new array."""
+    if kernels.on_gpu(y):
+        row = (grad * y).sum(axis=-1, keepdims=True)
+        return cuda.kernel("softmax_backward", y)(y, grad, row, y.dtype.type(scale))
     S = y.shape[-1]
     y2, g2, ds = y.reshape(-1, S), grad.reshape(-1, S), xp.empty_like(y)
     d2 = ds.reshape(-1, S)
