@@ -238,3 +238,28 @@ def test_adam_kernel_needs_only_block_sized_scratch():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 * blocks.BLOCK_ELEMENTS * 8, f"a step allocated {peak} bytes"  # a few blocks, not 2 MiB
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX-only")
+def test_a_forked_child_runs_kernels_on_threads_of_its_own(monkeypatch):
+    import os
+
+    monkeypatch.setattr(threads, "workers_for", lambda elements: 2)
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 64)
+    x = np.linspace(-3, 3, 1000)
+    expected = F.gelu(tinylora.tensor(x, device="cpu")).numpy()  # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:  # the child: the same kernel on two threads must finish and agree
+        ok = np.array_equal(F.gelu(tinylora.tensor(x, device="cpu")).numpy(), expected)
+        os._exit(0 if ok else 1)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 30  # a child waiting on its parent's (absent) threads would hang
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in a kernel")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -10,6 +10,7 @@ blocks: the kernel runs once, over every row.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from tinylora.engine import kernels
@@ -28,6 +29,16 @@ def _workers(n: int) -> ThreadPoolExecutor:
             _pool.shutdown(wait=True)
         _pool, _pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tinylora-kernel"), n
     return _pool
+
+
+def _forget_pool() -> None:
+    """A forked child has none of its parent's threads: it makes its own pool when it needs one."""
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _run_blocks(kernel, start: int, stop: int, rows_per_block: int) -> None:
