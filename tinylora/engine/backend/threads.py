@@ -1,4 +1,5 @@
-"""How many threads a matrix product gets: one for a small product, the free cores for a large one.
+"""How many threads a matrix product (or an elementwise kernel) gets: one for a small one, the free
+cores for a large one.
 
 Why this exists. OpenBLAS starts its threads for almost every product and, by default, as many as
 the machine has cores. On a quiet machine that is right for large products. On a busy one (a shared
@@ -22,6 +23,9 @@ collapse above), and while tinylora's two threads fight a competitor for the cor
 gets less than a whole core: rounding `cores - others` to the nearest whole number kept choosing two
 threads there.
 Where /proc/stat does not exist (not Linux), every core counts as free.
+
+The elementwise kernels (engine/kernels/) share their blocks among threads by the same rule, with
+SMALL_ELEMENTS numbers in place of SMALL_FLOPS (`workers_for`).
 
 The user decides the limit (the most threads tinylora ever uses):
 
@@ -48,6 +52,7 @@ import time
 # LoRA's A at base-mini, 4.2 MFLOP: 87 -> 52 us) but not for attention's stacks of 128 x 32 @ 32 x 128
 # (1.05 MFLOP each) at base-mini. (It was 300 MFLOP for the whole product: base-mini ran on one thread.)
 SMALL_FLOPS = 2e6
+SMALL_ELEMENTS = 1 << 18  # an elementwise kernel over fewer numbers (1 MiB of float32) runs on one thread
 INTERVAL = 0.2  # seconds: how often the free cores are measured again
 BUSY_SHARE = 0.25  # a core others kept busy for more than this share of the interval is not free
 
@@ -140,6 +145,20 @@ def threads_for(flops: float) -> int:
     if not _adaptive:
         return limit
     if flops < SMALL_FLOPS or limit == 1:
+        return 1
+    return min(limit, free_cores())
+
+
+def workers_for(elements: int) -> int:
+    """How many threads share an elementwise kernel over `elements` numbers (engine/kernels/blocks.py).
+
+    The same rule as for products: one thread below SMALL_ELEMENTS (starting a thread costs more than
+    it saves), else the free cores up to the limit.
+    """
+    limit = get_num_threads()
+    if not _adaptive:
+        return limit
+    if elements < SMALL_ELEMENTS or limit == 1:
         return 1
     return min(limit, free_cores())
 
