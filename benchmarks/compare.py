@@ -6,6 +6,8 @@ average (`uptime`) is recorded before every process.
     python -m benchmarks.compare --set gpt2          # LoRA r=8 and full FT: tinylora, PyTorch, HF + PEFT,
                                                      #   "as users run each" and "same allocator for all"
     python -m benchmarks.compare --set teaching      # the same at base-mini's shape (4 layers, width 128, 16 x 128)
+    python -m benchmarks.compare --set kernels       # tinylora LoRA r=8 and full FT, GPT-2 small: kernels on vs
+                                                     #   TINYLORA_KERNELS=0 (every op's readable lines)
 
 Writes benchmarks/results/compare__<set>.json and .md (one row per contender: the median and every value).
 """
@@ -27,6 +29,7 @@ MODULE = "benchmarks.compare"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEEP = common.KEEP_FREED_MEMORY
 SYSTEM = {"TINYLORA_ALLOCATOR": "system"}
+READABLE = {"TINYLORA_KERNELS": "0"}
 
 
 def _speed(config: str, impl: str, method: str, extra=()) -> list[str]:
@@ -39,6 +42,13 @@ def contenders(name: str) -> list[tuple[str, list[str], dict]]:
     if name == "allocator":
         lora = _speed("gpt2", "tinylora", "lora", ("--warmup", "1", "--steps", "3"))
         return [("tinylora-lora-r8 keep (default)", lora, {}), ("tinylora-lora-r8 system", lora, SYSTEM)]
+    if name == "kernels":
+        rows = []
+        for method in ("lora", "full"):
+            args = _speed("gpt2", "tinylora", method, ("--warmup", "1", "--steps", "3"))
+            label = common.contender_label("tinylora", method, 8)
+            rows += [(f"{label} kernels (default)", args, {}), (f"{label} readable ops", args, READABLE)]
+        return rows
     if name in ("gpt2", "teaching"):
         config, extra = ("gpt2", ("--warmup", "1", "--steps", "3")) if name == "gpt2" else ("mini", ("--batch", "16", "--warmup", "2", "--steps", "10"))
         rows = []
@@ -59,7 +69,7 @@ def load_average() -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", default="allocator", choices=("allocator", "gpt2", "teaching"))
+    parser.add_argument("--set", default="allocator", choices=("allocator", "gpt2", "teaching", "kernels"))
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per contender (default 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="run only contenders whose label contains this text")

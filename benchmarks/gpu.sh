@@ -5,7 +5,8 @@
 #
 # 1. installs what it needs: CuPy (cupy-cuda12x) and, unless a CUDA build of PyTorch is already there,
 #    torch from the machine's local wheels (pip's find-links); the package itself (-e, no dependencies fetched)
-# 2. runs the test suite on CuPy (TINYLORA_DEVICE=cuda) and writes the failures to tests_failed.txt FIRST
+# 2. runs the test suite on CuPy (TINYLORA_DEVICE=cuda) and writes the failures to tests_failed.txt FIRST,
+#    then the fused CUDA kernels' tests (if they fail, the benchmarks run with TINYLORA_KERNELS=0, logged)
 # 3. speed + GPU peak memory (one process per contender: benchmarks.speed records both on CUDA) of
 #    GPT-2 small at batch 8 x 1024 and GPT-2 medium at 4 x 256: LoRA r=8 and full FT, tinylora vs PyTorch
 #    eager vs HF + PEFT, then a summary table (summary.md)
@@ -60,6 +61,14 @@ echo "pytest exit code $?" >> "$OUT/tests.txt"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" > "$OUT/tests_failed.txt" || true
 tail -n 3 "$OUT/tests.txt"
 echo "$(wc -l < "$OUT/tests_failed.txt") failing tests listed in $OUT/tests_failed.txt"
+
+echo "== fused CUDA kernels (engine/kernels/cuda.py): compiled and checked against the readable ops"
+if TINYLORA_DEVICE=$DEVICE timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels.py > "$OUT/kernels.txt" 2>&1; then
+  echo "kernels pass: the benchmarks use them"
+else
+  export TINYLORA_KERNELS=0  # a kernel that fails on this GPU must not cost the whole run: readable ops instead
+  echo "!! kernels failed (see kernels.txt): the benchmarks below run with TINYLORA_KERNELS=0"
+fi
 
 echo "== speed and peak memory"
 impls=$(python -c "import benchmarks.run_all as r; print(' '.join(r.installed_impls()))")

@@ -204,3 +204,16 @@ def test_bad_input_gives_clear_errors():
         memory.main([*TINY, "--rank", "0"])
     with pytest.raises(ValueError, match="method must be"):
         analytic.memory_model(get_shape("tiny"), "bitfit")
+
+
+@pytest.mark.parametrize("name", ["allocator", "gpt2", "teaching", "kernels"])
+def test_compare_sets_name_runnable_speed_commands(name):
+    from benchmarks import compare
+
+    rows = compare.contenders(name)
+    assert len({label for label, _, _ in rows}) == len(rows) > 1  # distinct labels, more than one contender
+    for label, args, env in rows:
+        assert args[args.index("--impl") + 1] in ("tinylora", "torch", "hf") and "--config" in args, label
+        assert all(key.startswith(("TINYLORA_", "MALLOC_")) for key in env), label
+    if name == "kernels":
+        assert {env.get("TINYLORA_KERNELS") for _, _, env in rows} == {None, "0"}

@@ -96,3 +96,21 @@ def test_one_process_is_a_group_of_one_that_refuses_a_checkpoint_of_two():
     group.check_resume(1)
     with pytest.raises(ValueError, match="written by 2 MPI rank"):
         group.check_resume(2)
+
+
+def test_cuda_aware_mpi_is_decided_by_the_variable_then_by_mpi(monkeypatch):
+    class AnMPI:  # stands in for mpi4py.MPI: only the extension's query matters here
+        @staticmethod
+        def Query_cuda_support():
+            return 1
+
+    monkeypatch.delenv(distributed.CUDA_AWARE_ENV, raising=False)
+    assert distributed.cuda_aware(AnMPI) is True
+    assert distributed.cuda_aware(object()) is False  # an MPI that cannot be asked: through the host
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, "0")
+    assert distributed.cuda_aware(AnMPI) is False
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, "1")
+    assert distributed.cuda_aware(object()) is True
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, "yes")
+    with pytest.raises(ValueError, match="TINYLORA_MPI_CUDA_AWARE"):
+        distributed.cuda_aware(object())

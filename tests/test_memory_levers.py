@@ -37,7 +37,7 @@ def _grads(model, x, y, seed=0):
     return loss.item(), {n: p.grad.numpy() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _same_grads(variant, plain):
+def assert_same_grads(variant, plain):
     loss_v, grads_v = variant
     loss_p, grads_p = plain
     assert loss_v == pytest.approx(loss_p, rel=1e-12)
@@ -68,7 +68,7 @@ def test_chunked_loss_gives_the_same_gradients_in_a_model(lora):
     x, y = _batch(GPTConfig.tiny())
     plain = _grads(_model(lora=lora), x, y)
     chunked = _grads(_model(lora=lora).enable_memory_levers(loss_chunk_size=5), x, y)
-    _same_grads(chunked, plain)
+    assert_same_grads(chunked, plain)
 
 
 def test_chunked_loss_never_keeps_the_logits():
@@ -92,14 +92,14 @@ def test_checkpointing_gives_the_same_gradients(lora, dropout):
     x, y = _batch(GPTConfig.tiny())
     plain = _grads(_model(lora=lora, dropout=dropout), x, y)
     ckpt = _grads(_model(lora=lora, dropout=dropout).enable_memory_levers(checkpoint_activations=True), x, y)
-    _same_grads(ckpt, plain)  # with dropout, the recomputation replays the same masks
+    assert_same_grads(ckpt, plain)  # with dropout, the recomputation replays the same masks
 
 
 def test_checkpointing_and_chunked_loss_together():
     x, y = _batch(GPTConfig.tiny())
     plain = _grads(_model(lora=True), x, y)
     both = _model(lora=True).enable_memory_levers(checkpoint_activations=True, loss_chunk_size=7)
-    _same_grads(_grads(both, x, y), plain)
+    assert_same_grads(_grads(both, x, y), plain)
 
 
 def _saved_after_forward(model, x, y):

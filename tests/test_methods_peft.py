@@ -125,7 +125,7 @@ def assemble(tensors, how, grad=False):
     return arrays[0] if how == "one" else np.concatenate(arrays)
 
 
-def compare_logits_and_gradients(ref, tiny, hf):
+def assert_logits_and_gradients_equal(ref, tiny, hf):
     """Logits and every adapter gradient of one forward/backward with a random upstream gradient."""
     torch = ref[0]
     pairs = mirror(tiny, hf)
@@ -187,7 +187,7 @@ def test_dora_logits_and_every_gradient_equal_peft(ref):
 
     hf = peft_model(ref, r=3, lora_alpha=5, use_dora=True)
     tiny = tiny_model(ref, apply_dora, r=3, alpha=5)
-    compare_logits_and_gradients(ref, tiny, hf)
+    assert_logits_and_gradients_equal(ref, tiny, hf)
 
 
 @pytest.mark.slow  # ~8 s: 20 steps in both libraries
@@ -220,7 +220,7 @@ def test_rslora_logits_and_every_gradient_equal_peft(ref, use_dora):
     else:
         tiny = tiny_model(ref, apply_rslora, r=4, alpha=3)
     assert tiny.blocks[0].attn.q.scaling == 1.5  # α/√r
-    compare_logits_and_gradients(ref, tiny, hf)
+    assert_logits_and_gradients_equal(ref, tiny, hf)
 
 
 # ------------------------------------------------------------------ PiSSA and OLoRA

@@ -20,13 +20,16 @@ decay every parameter, as torch.optim.AdamW does.
 With LoRA, A and B are matrices, so they are decayed either way.
 
 State per trainable parameter: m and v (same shape as θ) and the step count t.
-Everything is updated in place with the help of one shared work buffer.
+Everything is updated in place with the help of one shared work buffer (on NumPy and CuPy
+arrays the same lines run block by block, in engine/kernels/adam.py).
 """
 
 from __future__ import annotations
 
 import math
 
+from tinylora.engine import kernels
+from tinylora.engine.kernels import adam as fast
 from tinylora.optim.optimizer import Optimizer
 
 
@@ -66,6 +69,10 @@ class Adam(Optimizer):
         s = self.state_for(p, step=lambda: 0, m=lambda: xp.zeros_like(p.data), v=lambda: xp.zeros_like(p.data))
         s["step"] += 1
         t, m, v = s["step"], s["m"], s["v"]
+        c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
+        if kernels.use(p.data, g, m, v):  # the lines below, block by block (engine/kernels/adam.py)
+            fast.update(xp, p.data, g, m, v, beta1, beta2, eps, lr / c1, math.sqrt(c2))
+            return
         buf = self.scratch(p)  # work buffer shaped like θ
 
         m *= beta1
@@ -78,7 +85,6 @@ class Adam(Optimizer):
         v += buf  # v ← β2·v + (1 − β2)·g²
 
         # m̂ / (√v̂ + ε) with m̂ = m / c1, v̂ = v / c2, computed as (m / c1) / (√v / √c2 + ε)
-        c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
         xp.sqrt(v, out=buf)
         buf /= math.sqrt(c2)
         buf += eps  # √v̂ + ε

@@ -20,8 +20,11 @@ What else changes under MPI: only rank 0 writes (metrics, checkpoints, the plot,
 a checkpoint records the number of ranks, so a resume with another number is refused (the batches
 would be split differently). Every wait for the other ranks has a timeout (TINYLORA_MPI_TIMEOUT,
 default 600 s): a rank that died makes the others stop with an error naming the step, not hang.
-On CuPy the gradients are copied to host memory for MPI (one copy each way per step); a CUDA-aware
-MPI could take device buffers directly, which this module does not try.
+On CuPy the gradients go to MPI as one device buffer when the MPI is CUDA-aware (no copy to the
+host), else through host memory (one copy each way per step). Whether it is: TINYLORA_MPI_CUDA_AWARE=1
+or 0 says so; otherwise MPI is asked (MPIX_Query_cuda_support, where mpi4py offers it), and the answer
+is "no" when it cannot be asked. pip's MPICH wheel is not CUDA-aware; a CUDA-aware Open MPI or MPICH
+build is (then set TINYLORA_MPI_CUDA_AWARE=1 if mpi4py cannot ask it).
 
 Needs `pip install 'tinylora[mpi]'` (mpi4py and the MPICH wheel). One process without mpiexec needs nothing:
 `current()` is then a one-rank group whose methods do nothing.
@@ -33,9 +36,10 @@ import os
 import sys
 import time
 
-from tinylora.engine.backend import host, move, to_host
+from tinylora.engine.backend import host, move, synchronize, to_host
 
 TIMEOUT_ENV = "TINYLORA_MPI_TIMEOUT"
+CUDA_AWARE_ENV = "TINYLORA_MPI_CUDA_AWARE"
 _RANK_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")  # set by MPICH's and Open MPI's mpiexec
 
 
@@ -79,6 +83,7 @@ class DataParallel(SingleProcess):
         self.timeout = float(os.environ.get(TIMEOUT_ENV, 600)) if timeout is None else timeout
         self.bytes_reduced = 0
         self.step = 0  # all-reduces so far (named in a timeout's message)
+        self.cuda_aware = cuda_aware(MPI)
 
     def shard(self, x, y):
         """This rank's rows of the global batch (x, y): host arrays (B, T)."""
@@ -110,19 +115,39 @@ class DataParallel(SingleProcess):
         grads = [p.grad for p in params if p.grad is not None]
         if len(grads) != len(params):
             raise RuntimeError("data-parallel training: some trainable parameters got no gradient on this rank")
-        flat = host.concatenate([to_host(g.data).ravel() for g in grads])  # one message, in the gradients' dtype
+        device = grads[0].device
+        on_device = device.name == "cuda" and self.cuda_aware  # MPI reads and writes the GPU buffer itself
+        xp = device.xp if on_device else host
+        flat = xp.concatenate([(g.data if on_device else to_host(g.data)).ravel() for g in grads])  # one message
         flat *= flat.dtype.type(n_kept / counts[0])
+        if on_device:
+            synchronize(device)  # the GPU must have written the buffer before MPI reads it
         self._all_reduce(flat, "the gradients")
         self.bytes_reduced += flat.nbytes
         offset = 0
         for g in grads:
-            g.data[...] = move(flat[offset : offset + g.size].reshape(g.shape), g.device)
+            part = flat[offset : offset + g.size].reshape(g.shape)
+            g.data[...] = part if on_device else move(part, g.device)
             offset += g.size
 
     def global_mean(self, value: float, n_kept: int) -> float:
         """The mean over the global batch of a per-rank mean `value` over n_kept targets (the loss, for logs)."""
         pair = self._all_reduce(host.array([value * n_kept, float(n_kept)]), "the losses")
         return float(pair[0] / pair[1])
+
+
+def cuda_aware(MPI) -> bool:
+    """Can this MPI take GPU buffers? TINYLORA_MPI_CUDA_AWARE=1/0 decides; else MPI's own answer; else no."""
+    value = os.environ.get(CUDA_AWARE_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{CUDA_AWARE_ENV}={value!r}: give 1 (the MPI takes GPU buffers) or 0 (copy through the host)")
+    if value:
+        return value == "1"
+    query = getattr(MPI, "Query_cuda_support", None)  # MPIX_Query_cuda_support, in mpi4py builds that have it
+    try:
+        return bool(query()) if query is not None else False
+    except Exception:  # an MPI without the extension: it cannot say, so copy through the host
+        return False
 
 
 _current = None

@@ -1,4 +1,5 @@
-"""How many threads a matrix product gets: one for a small product, the free cores for a large one.
+"""How many threads a matrix product (or an elementwise kernel) gets: one for a small one, the free
+cores for a large one.
 
 Why this exists. OpenBLAS starts its threads for almost every product and, by default, as many as
 the machine has cores. On a quiet machine that is right for large products. On a busy one (a shared
@@ -14,6 +15,9 @@ quiet machine. So tinylora decides per product:
 time every process spent (from /proc/stat) minus the CPU time this process spent (its own threads),
 divided by the wall time, is the number of cores others keep busy; the rest are free (at least 1).
 Where /proc/stat does not exist (not Linux), every core counts as free.
+
+The elementwise kernels (engine/kernels/) share their blocks among threads by the same rule, with
+SMALL_ELEMENTS numbers in place of SMALL_FLOPS (`workers_for`).
 
 The user decides the limit (the most threads tinylora ever uses):
 
@@ -37,6 +41,7 @@ import time
 # under it: on the 2-core development machine its whole LoRA step ran faster on one thread than on two
 # (0.230 s against 0.258 s, quiet; issue 16). GPT-2 small's products (0.4 - 4.8 GFLOP at 4 x 256) are above it.
 SMALL_FLOPS = 300e6
+SMALL_ELEMENTS = 1 << 18  # an elementwise kernel over fewer numbers (1 MiB of float32) runs on one thread
 INTERVAL = 0.2  # seconds: how often the free cores are measured again
 
 _limit: int | None = None  # the user's limit (TINYLORA_THREADS or set_num_threads), None: the BLAS default
@@ -128,6 +133,20 @@ def threads_for(flops: float) -> int:
     if not _adaptive:
         return limit
     if flops < SMALL_FLOPS or limit == 1:
+        return 1
+    return min(limit, free_cores())
+
+
+def workers_for(elements: int) -> int:
+    """How many threads share an elementwise kernel over `elements` numbers (engine/kernels/blocks.py).
+
+    The same rule as for products: one thread below SMALL_ELEMENTS (starting a thread costs more than
+    it saves), else the free cores up to the limit.
+    """
+    limit = get_num_threads()
+    if not _adaptive:
+        return limit
+    if elements < SMALL_ELEMENTS or limit == 1:
         return 1
     return min(limit, free_cores())
 

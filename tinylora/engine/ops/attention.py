@@ -1,19 +1,21 @@
-"""Scaled, causally masked softmax of attention scores: a fused fast path.
+"""Scaled, causally masked softmax of attention scores, as one node.
 
-The readable version, three ops and three nodes (see `causal_softmax_reference`):
+The readable composition, three ops and three nodes (see `causal_softmax_reference`):
 
     att = softmax(masked_fill(scores * scale, future, -inf), axis=-1)
 
-allocates a new (B, nh, T, S) array for each op, forward and backward. The
-CausalSoftmax node (its docstring has the math) computes the same thing in one
-buffer and keeps only the output. A masked position has y = 0, so its gradient
-is 0 without a separate step.
-`tests/test_attention_fused.py` checks that the two agree, forward and backward.
+keeps three (B, nh, T, S) arrays for backward. The CausalSoftmax node (its docstring has the math)
+computes the same thing and keeps only the output; a masked position has y = 0, so its gradient is 0
+without a separate step. On NumPy and CuPy arrays it hands its arrays to engine/kernels/softmax.py
+(block by block, in place, on the free cores). `tests/test_attention_fused.py` checks that the node
+and the composition agree, `tests/test_kernels.py` that the kernel and the node's lines agree.
 """
 
 from __future__ import annotations
 
+from tinylora.engine import kernels
 from tinylora.engine.autograd import Function
+from tinylora.engine.kernels import softmax as fast
 from tinylora.engine.ops.select import masked_fill
 from tinylora.engine.ops.softmax import softmax
 
@@ -27,25 +29,22 @@ class CausalSoftmax(Function):
     """
 
     def forward(self, scores, scale, future):
-        xp = self.xp
-        y = xp.multiply(scores, scale)  # (B, nh, T, S): the only new array
-        xp.copyto(y, float("-inf"), where=future)  # future (T, S) broadcasts over (B, nh)
-        y -= y.max(axis=-1, keepdims=True)
-        xp.exp(y, out=y)
-        y /= y.sum(axis=-1, keepdims=True)
         self.scale = scale
+        if kernels.use(scores):
+            y = fast.causal_forward(self.xp, scores, scale, future)
+        else:
+            xp = self.xp
+            masked = xp.where(future, float("-inf"), scores * scale)  # future (T, S) broadcasts over (B, nh)
+            e = xp.exp(masked - masked.max(axis=-1, keepdims=True))
+            y = e / e.sum(axis=-1, keepdims=True)
         self.save_for_backward(y)
         return y
 
     def backward(self, grad):
         (y,) = self.saved
-        xp = self.xp
-        ds = grad * y  # (B, nh, T, S)
-        row = ds.sum(axis=-1, keepdims=True)  # sum(dy * y), (B, nh, T, 1)
-        xp.subtract(grad, row, out=ds)  # dy - sum(dy * y)
-        ds *= y
-        ds *= self.scale
-        return ds
+        if kernels.use(y, grad):
+            return fast.causal_backward(self.xp, y, grad, self.scale)
+        return self.scale * y * (grad - (grad * y).sum(axis=-1, keepdims=True))
 
 
 def causal_softmax(scores, scale: float, future):

@@ -1,31 +1,21 @@
 """GELU, the tanh approximation GPT-2 uses (the math is in GELU's docstring).
 
-`gelu_reference_forward` / `gelu_reference_backward` are its two formulas as
-written. The GELU node computes the same values in one reused buffer (forward)
-or two (backward), because the MLP activation is the largest array of a block
-and every temporary of its size costs a pass over memory;
-`tests/test_ops_gradcheck.py` and `tests/test_gelu_fast.py` check both.
+The node's lines below are the formulas as written. On NumPy and CuPy arrays the node hands its
+arrays to engine/kernels/gelu.py, which computes the same numbers block by block in place (the MLP
+activation is the largest array of a block); `tests/test_kernels.py` checks that the two agree, and
+TINYLORA_KERNELS=0 runs these lines instead.
 """
 
 from __future__ import annotations
 
 import math
 
+from tinylora.engine import kernels
 from tinylora.engine.autograd import Function
+from tinylora.engine.kernels import gelu as fast
 
-_C = math.sqrt(2.0 / math.pi)  # a Python float: keeps float32 math in float32
-_K = 0.044715
-
-
-def gelu_reference_forward(xp, x):
-    """y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written plainly."""
-    return 0.5 * x * (1.0 + xp.tanh(_C * (x + _K * x * x * x)))
-
-
-def gelu_reference_backward(xp, x, grad):
-    """dy * dGELU/dx, written plainly."""
-    t = xp.tanh(_C * (x + _K * x * x * x))
-    return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _C * (1.0 + 3.0 * _K * x * x))
+C = math.sqrt(2.0 / math.pi)  # Python floats: they keep float32 math in float32
+K = 0.044715
 
 
 class GELU(Function):
@@ -38,38 +28,16 @@ class GELU(Function):
 
     def forward(self, x):
         self.save_for_backward(x)
-        xp = self.xp
-        y = xp.multiply(x, x, out=xp.empty_like(x))  # the one new array; every line below reuses it
-        y *= _K
-        y += 1.0
-        y *= x
-        y *= _C  # u = C x (1 + K x^2)
-        xp.tanh(y, out=y)  # t = tanh(u)
-        y += 1.0
-        y *= 0.5  # 0.5 (1 + t), in [0, 1]
-        y *= x  # last, so a huge x (3e38 in float32) gives x back instead of overflowing 2x
-        return y
+        if kernels.use(x):
+            return fast.forward(self.xp, x)
+        return 0.5 * x * (1.0 + self.xp.tanh(C * (x + K * x * x * x)))
 
     def backward(self, grad):
         (x,) = self.saved
-        xp = self.xp
-        t = xp.multiply(x, x, out=xp.empty_like(x))  # buffer 1: x^2, then u, then t, 1 - t, 1 + t
-        d = xp.multiply(t, 3.0 * _K, out=xp.empty_like(x))  # buffer 2: 1 + 3 K x^2, then the derivative
-        d += 1.0
-        t *= _K
-        t += 1.0
-        t *= x
-        t *= _C
-        xp.tanh(t, out=t)  # t = tanh(u)
-        d *= x
-        d *= 0.5 * _C  # 0.5 C x (1 + 3 K x^2)
-        xp.subtract(1.0, t, out=t)  # 1 - t
-        d *= t
-        d += 0.5  # 0.5 + 0.5 C x (1 + 3 K x^2)(1 - t)
-        xp.subtract(2.0, t, out=t)  # 1 + t
-        d *= t  # = 0.5 (1 + t) + 0.5 C x (1 + 3 K x^2)(1 - t^2)
-        d *= grad
-        return d
+        if kernels.use(x, grad):
+            return fast.backward(self.xp, x, grad)
+        t = self.xp.tanh(C * (x + K * x * x * x))
+        return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * K * x * x))
 
 
 def gelu(x):

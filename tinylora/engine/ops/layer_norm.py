@@ -1,8 +1,14 @@
-"""Layer normalisation over the last axis, one fused node (the math is in LayerNorm's docstring)."""
+"""Layer normalisation over the last axis, one fused node (the math is in LayerNorm's docstring).
+
+On NumPy and CuPy arrays the node hands its arrays to engine/kernels/layer_norm.py (the same numbers,
+block by block); TINYLORA_KERNELS=0 runs the lines below.
+"""
 
 from __future__ import annotations
 
+from tinylora.engine import kernels
 from tinylora.engine.autograd import Function
+from tinylora.engine.kernels import layer_norm as fast
 
 
 class LayerNorm(Function):
@@ -21,23 +27,28 @@ class LayerNorm(Function):
     """
 
     def forward(self, x, weight, bias, eps):
-        centered = x - x.mean(axis=-1, keepdims=True)
-        rstd = 1.0 / self.xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-        xhat = centered
-        xhat *= rstd  # reuse the buffer: xhat = (x - mean) * rstd
+        if kernels.use(x, weight, bias):
+            y, xhat, rstd = fast.forward(self.xp, x, weight, bias, eps)
+        else:
+            centered = x - x.mean(axis=-1, keepdims=True)
+            rstd = 1.0 / self.xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+            xhat = centered * rstd
+            y = xhat * weight + bias
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         self.save_for_backward(
             xhat if (need_x or need_w) else None,
             rstd if need_x else None,
             weight if need_x else None,
         )
-        return xhat * weight + bias
+        return y
 
     def backward(self, grad):
         xhat, rstd, weight = self.saved
         reduce_axes = tuple(range(grad.ndim - 1))
         dx = dw = db = None
-        if self.needs_input_grad[0]:
+        if self.needs_input_grad[0] and kernels.use(grad, xhat, weight):
+            dx = fast.backward_input(self.xp, grad, xhat, rstd, weight)
+        elif self.needs_input_grad[0]:
             g = grad * weight
             dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
         if self.needs_input_grad[1]:

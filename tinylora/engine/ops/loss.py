@@ -4,11 +4,15 @@ The mean is over the M targets not equal to `ignore_index` (default -100, as in
 PyTorch): that is how a prompt/completion example puts the loss on the
 completion alone. Backward needs only the probabilities, so the node keeps one
 (N, C) array of them, not the logits, and turns it into the gradient in place.
+On NumPy and CuPy arrays the softmax is computed by engine/kernels/softmax.py (block by block, in
+place); TINYLORA_KERNELS=0 runs the lines below.
 """
 
 from __future__ import annotations
 
+from tinylora.engine import kernels
 from tinylora.engine.autograd import Function
+from tinylora.engine.kernels import softmax as fast
 
 
 class CrossEntropy(Function):
@@ -34,14 +38,15 @@ class CrossEntropy(Function):
         t_safe = xp.where(keep, t, 0)
         if t_safe.min().item() < 0 or t_safe.max().item() >= n_classes:
             raise IndexError(f"cross_entropy: targets must lie in [0, {n_classes}) or equal ignore_index={ignore_index}")
-        rows = xp.arange(z.shape[0])
-        row_max = z.max(axis=1, keepdims=True)  # (N, 1)
-        probs = z - row_max  # (N, C), the one big buffer
-        xp.exp(probs, out=probs)
-        total = probs.sum(axis=1, keepdims=True)  # (N, 1)
-        probs /= total  # now softmax(z)
-        # log softmax(z)[t] = z[t] - max - log(total)
-        log_p_target = z[rows, t_safe] - row_max[:, 0] - xp.log(total[:, 0])  # (N,)
+        if kernels.use(z):
+            probs, lse = fast.rows_forward(xp, z)
+        else:
+            row_max = z.max(axis=1, keepdims=True)  # (N, 1)
+            e = xp.exp(z - row_max)  # (N, C)
+            total = e.sum(axis=1, keepdims=True)  # (N, 1)
+            probs = e / total  # softmax(z)
+            lse = row_max[:, 0] + xp.log(total[:, 0])  # (N,) log sum exp(z), computed stably
+        log_p_target = z[xp.arange(z.shape[0]), t_safe] - lse  # log softmax(z)[t] = z[t] - log sum exp(z)
         loss = -(log_p_target * keep).sum() / kept
         self.shape, self.kept = logits.shape, kept
         self.save_for_backward(probs, t_safe, keep)
