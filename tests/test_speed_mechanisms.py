@@ -139,3 +139,18 @@ def test_only_test_files_are_exempt_even_in_a_checkout_under_a_tests_folder(monk
     assert not fake._is_test_file(os.path.join(inside, "benchmarks", "speed.py"))
     assert fake._is_test_file(os.path.join(inside, "tests", "test_backend.py"))
     assert fake._is_test_file(os.path.join(os.sep, "elsewhere", "tests", "test_mine.py"))
+
+
+def test_tinylora_fake_strict_applies_the_rules_to_test_code_too():
+    """TINYLORA_FAKE_STRICT=1 lifts the tests/ exception (to list the test lines that a real GPU would fail)."""
+    as_test = ("import numpy as np; from tinylora.engine.backend import fake\n"
+               "try:\n"
+               "    np.asarray(fake.to_device(np.ones(2)))\n"
+               "    print('read')\n"
+               "except TypeError:\n"
+               "    print('refused')\n")
+    code = f"exec(compile({as_test!r}, {os.path.join(ROOT, 'tests', 'test_x.py')!r}, 'exec'))"  # code of a test file
+    for strict, expected in (("0", "read"), ("1", "refused")):
+        env = dict(os.environ, PYTHONPATH=ROOT, TINYLORA_FAKE_STRICT=strict)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (strict, out.stdout, out.stderr)

@@ -22,7 +22,8 @@ The usual mistakes, and what the fake device does with each (as CuPy would, or s
 
 One exception: code in a tests/ folder (the checkers) may read device arrays implicitly and mix them
 with host arrays, so `np.testing.assert_allclose(t.data, expected)` works there and the suite run on
-the fake device finds tinylora's own mistakes (on a real GPU such a test line would fail).
+the fake device finds tinylora's own mistakes (on a real GPU such a test line would fail;
+TINYLORA_FAKE_STRICT=1 lifts the exception and lists them).
 
 A `FakeArray` wraps one NumPy array (`._host`); every NumPy ufunc and array function that meets it
 unwraps its inputs, checks them, runs NumPy and wraps what comes out. `fake_numpy` is the array
@@ -51,18 +52,20 @@ def _reject(what: str):
     raise TypeError(_MESSAGE.format(what=what))
 
 
-_exempt_tests = True  # False inside `strict()`: the fake device's own tests check its rules
+# False inside `strict()` (the fake device's own tests check its rules), or everywhere with
+# TINYLORA_FAKE_STRICT=1: then test code too must copy to the host explicitly, as it must on a real GPU
+_exempt_tests = os.environ.get("TINYLORA_FAKE_STRICT", "0") != "1"
 
 
 @contextlib.contextmanager
 def strict():
     """Apply the rules to test code too (for the tests of the rules themselves)."""
     global _exempt_tests
-    _exempt_tests = False
+    before, _exempt_tests = _exempt_tests, False
     try:
         yield
     finally:
-        _exempt_tests = True
+        _exempt_tests = before
 
 
 _NUMPY_DIR = os.path.dirname(numpy.__file__) + os.sep
