@@ -150,7 +150,7 @@ def run_row(row: str, shape, steps: int, seed: int) -> dict:
     report = weight_report(model)
     optimizer = AdamW([(n, p) for n, p in model.named_parameters() if p.requires_grad], lr=LR[method])
     val_before = evaluate(model, val) if val else None
-    xs = [(tensor(x), tensor(y)) for x, y in train]
+    xs = [(tensor(x, device=model.device), tensor(y, device=model.device)) for x, y in train]
     gc.collect()
     baseline = procmem.reset_peak()
     memory.reset_peak()

@@ -91,7 +91,7 @@ def time_contender(contender: str, config: str, adapter_dim: int, trials: int, s
             ids = rng.integers(0, model.config.vocab_size, size=(batch, length))
             if virtual is not None:  # the prompt is fed as prefix + tokens + infix
                 ids = np.asarray([virtual.wrap(row) for row in ids])
-            idx = tinylora.tensor(ids)
+            idx = tinylora.tensor(ids, device="cpu")  # the model is built on the CPU (a CPU benchmark), whatever the default device
             model(idx)  # warm-up
             cpu, wall = [], []
             for _ in range(trials):

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import tinylora
+from tinylora.engine.backend import to_host
 
 MIN_EXAMPLES = 25  # per property test, stated here and used by the profile
 
@@ -84,6 +85,6 @@ def random_hf_gpt2(folder, sizes: dict):
 
 def assert_close(actual, expected, rtol, atol, what=""):
     """np.testing.assert_allclose that also prints the largest absolute difference."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
+    actual, expected = to_host(actual), to_host(expected)  # explicit host copies: either may be a device array
     diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=f"{what} max |diff| = {diff:.3e}")

@@ -132,7 +132,7 @@ def _numeric_grad(fn, inputs, i, upstreams, eps):
     numeric = np.zeros(x.shape)
     with tinylora.no_grad():
         for j in np.ndindex(x.shape):
-            original = float(x[j])
+            original = x[j].item()  # a host number, explicitly (x may live on a device)
             x[j] = original + eps
             plus = _loss(_as_list(fn(*inputs)), upstreams)
             x[j] = original - eps

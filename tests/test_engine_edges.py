@@ -107,7 +107,7 @@ def test_dim_keyword_where_axis_has_a_default():
 
 # ----------------------------------------------------------------- to() is an ordinary node
 def test_to_is_a_node_made_by_apply_and_gradients_flow_back():
-    a = tinylora.tensor([1.0, 2.0], dtype="float64", requires_grad=True)
+    a = tinylora.tensor([1.0, 2.0], dtype="float64", requires_grad=True, device="cpu")
     b = a.to("fake", dtype="float32")
     assert isinstance(b._ctx, To) and b._ctx.parents == (a,)
     assert b.device == "fake" and b.dtype == np.float32
@@ -117,7 +117,7 @@ def test_to_is_a_node_made_by_apply_and_gradients_flow_back():
 
 
 def test_to_without_grad_builds_no_node():
-    a = tinylora.tensor([1.0, 2.0], requires_grad=True)
+    a = tinylora.tensor([1.0, 2.0], requires_grad=True, device="cpu")  # not the default: the suite also runs on fake
     with tinylora.no_grad():
         b = a.to("fake")
     assert b._ctx is None and not b.requires_grad and b.device == "fake"

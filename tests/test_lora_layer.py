@@ -149,12 +149,12 @@ def test_matches_peft_forward_and_gradients():
     net = Net()
     with torch.no_grad():
         net.lin.weight.copy_(torch.tensor(layer.base.weight.numpy()))
-        net.lin.bias.copy_(torch.tensor(layer.base.bias.data))
+        net.lin.bias.copy_(torch.tensor(layer.base.bias.detach().numpy()))
     net = peft.get_peft_model(net, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=["lin"], lora_dropout=0.0))
     lin = net.base_model.model.lin
     with torch.no_grad():
-        lin.lora_A["default"].weight.copy_(torch.tensor(layer.lora_A.data))  # PEFT's A: Linear(k, r), weight (r, k)
-        lin.lora_B["default"].weight.copy_(torch.tensor(layer.lora_B.data))  # B: Linear(r, d), weight (d, r)
+        lin.lora_A["default"].weight.copy_(torch.tensor(layer.lora_A.detach().numpy()))  # PEFT's A: Linear(k, r), weight (r, k)
+        lin.lora_B["default"].weight.copy_(torch.tensor(layer.lora_B.detach().numpy()))  # B: Linear(r, d), weight (d, r)
     x = np.random.default_rng(1).standard_normal((2, 4, k))
     upstream = np.random.default_rng(2).standard_normal((2, 4, d))
 

@@ -21,7 +21,7 @@ import pytest
 
 import tinylora
 import tinylora.functional as F
-from tinylora.engine.backend import fake, get_device, threads, to_host
+from tinylora.engine.backend import fake, get_device, scatter_add, threads, to_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -132,8 +132,50 @@ def test_the_fake_device_refuses_what_cupy_refuses():
                 mistake()
         with pytest.raises(AttributeError, match="NumPy-only"):
             get_device("fake").xp.ma  # noqa: B018  (masked arrays: NumPy only)
+        with pytest.raises(TypeError, match="CuPy's rules"):
+            get_device("fake").xp.linalg.norm(np.ones(3))  # submodules refuse host arrays too
         assert isinstance(a.sum(), fake.FakeArray) and a.sum().item() == 15.0  # a 0-d device array, as CuPy
         assert isinstance(get_device("fake").xp.asarray(np.ones(2)), fake.FakeArray)  # host -> device is explicit
+        assert isinstance(a, get_device("fake").xp.ndarray)  # xp.ndarray is the device array type, as cupy.ndarray
+
+
+def test_the_fake_device_is_strict_outside_tests_and_explicit_copies_work():
+    """The rules hold for code outside tests/ (tinylora's own), with no strict() needed; the explicit
+    host copies (to_host, .get(), .item(), .tolist(), Tensor.numpy()/.item()) are what always works."""
+    code = ("import numpy as np, tinylora\n"
+            "from tinylora.engine.backend import to_host\n"
+            "t = tinylora.tensor([[1.0, 2.0], [3.0, 4.0]], device='fake')\n"
+            "for name, mistake in [('asarray', lambda: np.asarray(t.data)), ('float', lambda: float(t.data.sum())),\n"
+            "                      ('int', lambda: int(t.data[0, 0])), ('bool', lambda: bool(t.data.any())),\n"
+            "                      ('mix', lambda: t.data + np.ones(2))]:\n"
+            "    try:\n"
+            "        mistake()\n"
+            "        print('allowed', name)\n"
+            "    except TypeError:\n"
+            "        print('refused', name)\n"
+            "print(type(to_host(t.data)).__name__, type(t.data.get()).__name__, t.data.sum().item(),\n"
+            "      t.data.tolist(), t.numpy().sum(), t.sum().item())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT),
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[:5] == [f"refused {name}" for name in ("asarray", "float", "int", "bool", "mix")], out
+    assert out[5] == "ndarray ndarray 10.0 [[1.0, 2.0], [3.0, 4.0]] 10.0 10.0", out
+
+
+def test_the_fake_device_wraps_out_of_range_indices_as_cupy_does():
+    """CuPy does not check integer array indices (it reads them modulo the axis); NumPy raises. Code
+    that counts on NumPy's IndexError reads wrong rows on a GPU, so the fake device wraps too."""
+    a = fake.to_device(np.arange(12).reshape(3, 4))
+    assert a[[1, 3]].tolist() == [[4, 5, 6, 7], [0, 1, 2, 3]]  # row 3 of 3 is row 0
+    assert a[..., [-1, 4]].tolist() == [[3, 0], [7, 4], [11, 8]]
+    assert a[np.array([5]), 1:3].tolist() == [[9, 10]]
+    with pytest.raises(IndexError):
+        a[3]  # noqa: B018  (a Python int index is checked, in CuPy too)
+    grad = fake.to_device(np.zeros(3))
+    scatter_add(grad, np.array([0, 3, 4]), fake.to_device(np.ones(3)))  # 3 -> 0, 4 -> 1
+    assert grad.tolist() == [2.0, 1.0, 0.0]
+    with pytest.raises(IndexError, match="out of range"):  # tinylora's embedding checks the range itself
+        tinylora.functional.embedding(tinylora.tensor([0, 3], device="fake"),
+                                      tinylora.tensor(np.ones((3, 2)), device="fake"))
 
 
 def test_the_fake_device_computes_what_numpy_computes():
@@ -145,3 +187,27 @@ def test_the_fake_device_computes_what_numpy_computes():
     (tinylora.functional.softmax(ref, axis=-1) * ref).sum().backward()
     assert isinstance(t.data, fake.FakeArray) and t.grad.device == "fake"
     np.testing.assert_array_equal(to_host(t.grad.data), ref.grad.numpy())
+
+
+def test_only_test_files_are_exempt_even_in_a_checkout_under_a_tests_folder(monkeypatch):
+    monkeypatch.setattr(fake, "_REPOSITORY", os.path.join(os.sep, "ci", "tests", "repo"))
+    inside = os.path.join(os.sep, "ci", "tests", "repo")
+    assert not fake._is_test_file(os.path.join(inside, "tinylora", "lora", "layer.py"))  # tinylora: strict
+    assert not fake._is_test_file(os.path.join(inside, "benchmarks", "speed.py"))
+    assert fake._is_test_file(os.path.join(inside, "tests", "test_backend.py"))
+    assert fake._is_test_file(os.path.join(os.sep, "elsewhere", "tests", "test_mine.py"))
+
+
+def test_tinylora_fake_strict_applies_the_rules_to_test_code_too():
+    """TINYLORA_FAKE_STRICT=1 lifts the tests/ exception (to list the test lines that a real GPU would fail)."""
+    as_test = ("import numpy as np; from tinylora.engine.backend import fake\n"
+               "try:\n"
+               "    np.asarray(fake.to_device(np.ones(2)))\n"
+               "    print('read')\n"
+               "except TypeError:\n"
+               "    print('refused')\n")
+    code = f"exec(compile({as_test!r}, {os.path.join(ROOT, 'tests', 'test_x.py')!r}, 'exec'))"  # code of a test file
+    for strict, expected in (("0", "read"), ("1", "refused")):
+        env = dict(os.environ, PYTHONPATH=ROOT, TINYLORA_FAKE_STRICT=strict)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (strict, out.stdout, out.stderr)

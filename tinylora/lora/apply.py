@@ -203,7 +203,7 @@ def _check_mergeable(model) -> list:
     for name, layer in layers:
         if not layer.merged:
             delta = layer.delta_weight()
-            if not bool(layer.base.weight.device.xp.isfinite(delta).all()):
+            if not layer.base.weight.device.xp.isfinite(delta).all().item():
                 raise ValueError(f"merge: LoRA layer '{name}' has a non-finite ΔW = (α/r) B A (NaN or inf in "
                                  "lora_A or lora_B); nothing was merged and every W0 is unchanged")
     return layers

@@ -75,7 +75,7 @@ def relative_error(a, b, parts) -> float:
     """||B' A' - Σ w_i ΔW_i||_F / ||Σ w_i ΔW_i||_F for a combined (A', B') with scaling 1."""
     target = weighted_delta(parts)
     xp = device_of(target).xp
-    return float(xp.linalg.norm(b @ a - target) / xp.linalg.norm(target))
+    return (xp.linalg.norm(b @ a - target) / xp.linalg.norm(target)).item()  # a host float
 
 
 def combine_adapters(model, weights: dict, name: str, method: str = "svd", rank: int | None = None):

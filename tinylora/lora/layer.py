@@ -164,7 +164,7 @@ class LoRALinear(nn.Module):
             self.base.weight.data += self.delta_weight()
         else:
             merged = self.base.weight.data + self.delta_weight()  # (d, k), aside: W0 is not touched yet
-            bad = int((~self.base.weight.device.xp.isfinite(merged)).sum())
+            bad = int((~self.base.weight.device.xp.isfinite(merged)).sum().item())
             if bad:
                 raise ValueError(f"LoRALinear.merge: W0 + ΔW has {bad} non-finite entries (NaN or inf) of "
                                  f"{merged.size}; the adapter's A or B is broken; W0 was left unchanged")

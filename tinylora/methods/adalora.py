@@ -86,7 +86,7 @@ class AdaLoRALinear(LoRALinear):
 
     def rank(self) -> int:
         """How many λ are nonzero now (the triplets that contribute)."""
-        return int((self.lora_E.data != 0).sum())
+        return int((self.lora_E.data != 0).sum().item())
 
 
 def adalora_layers(model):
@@ -199,7 +199,7 @@ class RankAllocator:
         for name, layer in self.layers:
             keep = scores[name] > threshold
             layer.lora_E.data[~keep] = 0.0
-            pattern[name] = [bool(k) for k in keep]
+            pattern[name] = [bool(k) for k in keep.tolist()]
         return pattern
 
     def apply_pattern(self, pattern: dict) -> None:

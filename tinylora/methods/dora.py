@@ -63,8 +63,8 @@ class DoRALinear(LoRALinear):
             W = W + self.delta_weight()  # (d, k)
         xp = self.base.weight.device.xp
         n = xp.sqrt((W * W).sum(axis=1))  # (d,)
-        if not xp.all(n > 0):
-            rows = [int(j) for j in xp.nonzero(n == 0)[0][:5]]
+        if not xp.all(n > 0).item():
+            rows = xp.nonzero(n == 0)[0][:5].tolist()
             which = "W0" if not add_delta else "W0 + sBA"
             raise ValueError(f"DoRALinear: rows {rows} of {which} are zero; a zero row has no direction "
                              "for DoRA to keep (leave this layer out of the targets)")
@@ -96,10 +96,10 @@ class DoRALinear(LoRALinear):
             xp = self.base.weight.device.xp
             n = self._row_norms()
             scale = (self.magnitude.data / n)[:, None]  # (d, 1)
-            if not (scale != 0).all():
+            if not (scale != 0).all().item():
                 raise ValueError("DoRALinear: a magnitude is 0, so the merge could not be undone; not merging")
             merged = scale * (self.base.weight.data + self.delta_weight())  # (d, k): W'
-            if safe and not bool(xp.isfinite(merged).all()):
+            if safe and not xp.isfinite(merged).all().item():
                 raise ValueError("DoRALinear: W' has NaN or inf (in lora_A, lora_B or magnitude); W0 is unchanged")
             self.base.weight.data[...] = merged
             self.merged_norm, self.merged = n, True

@@ -145,7 +145,7 @@ class GLoRALinear(nn.Module):
         A, B, C, D, E = (None if self.support(n) is None else self.support(n).data for n in "ABCDE")
         one_plus_A = 1.0 + (A if A is not None else 0.0)
         one_plus_D = 1.0 + (D if D is not None else 0.0)
-        if xp.any(xp.asarray(one_plus_A) == 0) or xp.any(xp.asarray(one_plus_D) == 0):
+        if xp.any(xp.asarray(one_plus_A) == 0).item() or xp.any(xp.asarray(one_plus_D) == 0).item():
             raise ValueError("GLoRALinear: 1 + A or 1 + D is 0 somewhere, so W0, b0 cannot be recovered")
         W = self.base.weight.data - (B if B is not None else 0.0)
         self.base.weight.data[...] = W / one_plus_A

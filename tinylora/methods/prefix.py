@@ -75,8 +75,8 @@ class VirtualTokens(nn.Module):
     def _where_virtual(self, idx):
         """(mask, slot): mask (B, T) marks ids >= V; slot (B, T) is id - V there, 0 elsewhere."""
         ids = idx.data
-        if ids.size and int(ids.max()) >= self.vocab_size + self.n_tokens:
-            raise IndexError(f"token id {int(ids.max())} is beyond the vocabulary ({self.vocab_size}) and the "
+        if ids.size and ids.max().item() >= self.vocab_size + self.n_tokens:
+            raise IndexError(f"token id {ids.max().item()} is beyond the vocabulary ({self.vocab_size}) and the "
                              f"{self.n_tokens} virtual tokens")
         mask = ids >= self.vocab_size  # (B, T)
         return mask, mask * (ids - self.vocab_size)  # slot: which special token, 0 at real positions
@@ -85,7 +85,7 @@ class VirtualTokens(nn.Module):
         """Token embeddings (B, T, d): wte for real ids; E for virtual ones (PreEmbed)."""
         mask, slot = self._where_virtual(idx)
         real = wte(Tensor(idx.data * ~mask, device=idx.device))  # virtual ids looked up as id 0, replaced below
-        if self.per_layer or not mask.any():
+        if self.per_layer or not mask.any().item():
             return real  # (PreLayer overwrites the virtual positions before block 0)
         virtual = F.embedding(slot, self.weight)  # (B, T, d)
         return F.where(mask[..., None], virtual, real)
@@ -95,7 +95,7 @@ class VirtualTokens(nn.Module):
         if not self.per_layer:
             return x
         mask, slot = self._where_virtual(idx)
-        if not mask.any():
+        if not mask.any().item():
             return x  # e.g. a generation step feeding one real token
         virtual = F.embedding(slot, self.weight[i])  # (B, T, d) from P[i] (n, d)
         return F.where(mask[..., None], virtual, x)

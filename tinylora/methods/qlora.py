@@ -151,4 +151,4 @@ def _requantize(model, name: str, like: NF4Linear) -> float:
     again = NF4Linear.from_linear(linear, block_size=q.block_size, double_quant=q.double_quant,
                                   compute_dtype=like.compute_dtype, dq_block_size=q.dq_block_size)
     _replace(model, name, again)
-    return float(abs(again.dequantized_weight() - linear.weight.data).max())
+    return float(abs(again.dequantized_weight() - linear.weight.data).max().item())

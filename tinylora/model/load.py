@@ -171,7 +171,7 @@ def load_gpt(path, device=None, dtype=None) -> GPT:
     else:
         model = _load_tinylora(folder, config, source, device, dtype)
     for name, p in model.named_parameters():  # a NaN weight would only show up as garbage text later
-        bad = int((~p.device.xp.isfinite(p.data)).sum())
+        bad = int((~p.device.xp.isfinite(p.data)).sum().item())
         if bad:
             raise ValueError(f"{folder}: weight '{name}' holds {bad} NaN or inf values of {p.size}; "
                              "the file is broken (was it saved after a diverged run?)")

@@ -97,11 +97,11 @@ class ChunkedLMHeadLoss(Function):
         h2 = h.reshape(-1, c)  # (N, C)
         t = targets.reshape(-1)  # (N,)
         keep = t != ignore_index
-        kept = int(keep.sum())
+        kept = int(keep.sum().item())
         if kept == 0:
             raise ValueError("chunked cross_entropy: every target equals ignore_index, so the mean is over nothing")
         t_safe = xp.where(keep, t, 0)
-        if int(t_safe.min()) < 0 or int(t_safe.max()) >= weight.shape[0]:
+        if t_safe.min().item() < 0 or t_safe.max().item() >= weight.shape[0]:
             raise IndexError(f"chunked cross_entropy: targets must lie in [0, {weight.shape[0]}) "
                              f"or equal ignore_index={ignore_index}")
         total = 0.0
@@ -112,7 +112,7 @@ class ChunkedLMHeadLoss(Function):
             z -= m[:, None]
             lse = xp.log(xp.exp(z).sum(axis=1))  # (n,): logsumexp(z) - m
             target_logit = z[xp.arange(z.shape[0]), t_safe[rows]]  # (n,): z[t] - m
-            total += float(((lse - target_logit) * keep[rows]).sum())
+            total += ((lse - target_logit) * keep[rows]).sum().item()  # a host float: the sum over chunks
         self.shape, self.kept, self.chunk_size = h.shape, kept, chunk_size
         self.save_for_backward(h2, weight, t_safe, keep)  # h (N, C) instead of probabilities (N, V)
         return xp.asarray(total / kept, dtype=h.dtype)

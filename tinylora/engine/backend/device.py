@@ -154,7 +154,8 @@ def scatter_add(target, indices, values) -> None:
     if isinstance(target, numpy.ndarray):
         numpy.add.at(target, indices, values)
     elif isinstance(target, fake.FakeArray):
-        numpy.add.at(target._host, fake.unwrap(indices, allow_host=True), fake.unwrap(values))  # host indices: as in indexing
+        numpy.add.at(target._host, fake.wrap_around(fake.unwrap(indices, allow_host=True), target.shape),
+                     fake.unwrap(values))  # host indices: as in indexing; out of range wraps, as in CuPy
     else:
         import cupyx
 

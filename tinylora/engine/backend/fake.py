@@ -13,18 +13,23 @@ The usual mistakes, and what the fake device does with each (as CuPy would, or s
            `a.item()` (or `float(a.item())`) where a host number is really wanted.
     a.sum(), a.max() ...
         -> a 0-d device array, not a host scalar (as in CuPy).
+    a[index_array] with an index out of range
+        -> rows read modulo the axis' length, no IndexError (CuPy does not check integer array
+           indices; code must check ranges itself, as `embedding` does).
     xp.ma, xp.nditer ... (NUMPY_ONLY), numpy.add.at(device_array, ...)
         -> AttributeError / TypeError naming them (CuPy has no masked arrays or nditer, and ufunc.at
            only in recent versions: `backend.scatter_add` is the portable spelling of add.at).
 
 One exception: code in a tests/ folder (the checkers) may read device arrays implicitly and mix them
 with host arrays, so `np.testing.assert_allclose(t.data, expected)` works there and the suite run on
-the fake device finds tinylora's own mistakes (on a real GPU such a test line would fail).
+the fake device finds tinylora's own mistakes (on a real GPU such a test line would fail;
+TINYLORA_FAKE_STRICT=1 lifts the exception and lists them).
 
 A `FakeArray` wraps one NumPy array (`._host`); every NumPy ufunc and array function that meets it
 unwraps its inputs, checks them, runs NumPy and wraps what comes out. `fake_numpy` is the array
-module (`device.xp`) of the fake device: numpy's functions, with host arrays going in only through
-`asarray`/`array` (a copy to the device, as `cupy.asarray` makes).
+module (`device.xp`) of the fake device: numpy's functions and submodules (xp.linalg, xp.fft, ...),
+with host arrays going in only through `asarray`/`array` (a copy to the device, as `cupy.asarray`
+makes); `xp.ndarray` is FakeArray, as `cupy.ndarray` is CuPy's device array.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import types
 
 import numpy
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -46,18 +52,32 @@ def _reject(what: str):
     raise TypeError(_MESSAGE.format(what=what))
 
 
-_exempt_tests = True  # False inside `strict()`: the fake device's own tests check its rules
+# False inside `strict()` (the fake device's own tests check its rules), or everywhere with
+# TINYLORA_FAKE_STRICT=1: then test code too must copy to the host explicitly, as it must on a real GPU
+_exempt_tests = os.environ.get("TINYLORA_FAKE_STRICT", "0") != "1"
 
 
 @contextlib.contextmanager
 def strict():
     """Apply the rules to test code too (for the tests of the rules themselves)."""
     global _exempt_tests
-    _exempt_tests = False
+    before, _exempt_tests = _exempt_tests, False
     try:
         yield
     finally:
-        _exempt_tests = True
+        _exempt_tests = before
+
+
+_NUMPY_DIR = os.path.dirname(numpy.__file__) + os.sep
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _is_test_file(filename: str) -> bool:
+    """True for a file in a tests/ folder: tinylora's own tests/ (judged below the repository, so a
+    checkout that itself lies under some /tests/ folder exempts nothing else) or any other tests/."""
+    if filename.startswith(_REPOSITORY + os.sep):
+        filename = filename[len(_REPOSITORY):]
+    return f"{os.sep}tests{os.sep}" in filename
 
 
 def _asked_by_tests() -> bool:
@@ -71,8 +91,8 @@ def _asked_by_tests() -> bool:
     frame = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
-        if name != __file__ and f"{os.sep}numpy{os.sep}" not in name:
-            return f"{os.sep}tests{os.sep}" in name
+        if name != __file__ and not name.startswith(_NUMPY_DIR):
+            return _is_test_file(name)
         frame = frame.f_back
     return False
 
@@ -83,7 +103,7 @@ def unwrap(value, allow_host: bool = False):
         return value._host
     if isinstance(value, numpy.ndarray):
         if not allow_host and not _asked_by_tests():
-            _reject(f"a host (NumPy) array of shape {value.shape} meets a device array")
+            _reject(f"a host (NumPy) array of shape {value.shape} where a device array is expected")
         return value
     if isinstance(value, (list, tuple)):
         return type(value)(unwrap(v, allow_host) for v in value)
@@ -103,6 +123,40 @@ def _wrap(value):
     if isinstance(value, list):
         return [_wrap(v) for v in value]
     return value
+
+
+def _axes_taken(part) -> int:
+    """How many axes one part of an index consumes: None 0, a boolean mask its ndim, anything else 1."""
+    if part is None:
+        return 0
+    if isinstance(part, numpy.ndarray) and part.dtype == bool:
+        return part.ndim
+    return 1
+
+
+def wrap_around(key, shape: tuple):
+    """An index `key` with its integer arrays taken modulo their axis' length, as CuPy reads them.
+
+    NumPy raises IndexError for an out-of-range integer array index; CuPy does not check and wraps
+    around (a[[1, 3]] on 3 rows reads rows 1 and 0). Code that relies on NumPy's error must check
+    the range itself, or a GPU reads the wrong rows silently. Python ints and slices keep NumPy's rules.
+    """
+    parts = key if isinstance(key, tuple) else (key,)
+    if sum(p is Ellipsis for p in parts) > 1:
+        return key  # NumPy's own error
+    wrapped, axis = [], 0
+    for part in parts:
+        if part is Ellipsis:
+            axis += len(shape) - sum(_axes_taken(p) for p in parts if p is not Ellipsis)
+            wrapped.append(part)
+            continue
+        if isinstance(part, (list, numpy.ndarray)) and axis < len(shape) and shape[axis] > 0:
+            array = numpy.asarray(part)
+            if array.dtype.kind in "iu":
+                part = array % shape[axis]
+        wrapped.append(part)
+        axis += _axes_taken(part)
+    return tuple(wrapped) if isinstance(key, tuple) else wrapped[0]
 
 
 class FakeArray(NDArrayOperatorsMixin):
@@ -187,10 +241,10 @@ class FakeArray(NDArrayOperatorsMixin):
         return (_wrap(row) for row in self._host)
 
     def __getitem__(self, key):
-        return _wrap(self._host[unwrap(key, allow_host=True)])
+        return _wrap(self._host[wrap_around(unwrap(key, allow_host=True), self._host.shape)])
 
     def __setitem__(self, key, value):  # a host value is copied in (host -> device is explicit enough, as in CuPy)
-        self._host[unwrap(key, allow_host=True)] = unwrap(value, allow_host=True)
+        self._host[wrap_around(unwrap(key, allow_host=True), self._host.shape)] = unwrap(value, allow_host=True)
 
     def __repr__(self):
         return f"fake_array({numpy.array2string(self._host, separator=', ')}, dtype={self._host.dtype})"
@@ -229,16 +283,27 @@ class _FakeGenerator:
 
 class _FakeNumpy:
     """The fake device's array module: numpy's names, device arrays in and out, host arrays refused
-    (except by `asarray`/`array`, which copy them to the device as cupy.asarray does)."""
+    (except by `asarray`/`array`, which copy them to the device as cupy.asarray does).
 
-    __name__ = "tinylora.engine.backend.fake.fake_numpy"
-    random = _FakeRandom()
+    Submodules (`xp.linalg`, `xp.fft`, ...) follow the same rules, `xp.random` hands out device
+    generators, and `xp.ndarray` is the device array type, as `cupy.ndarray` is."""
+
     _FROM_HOST = frozenset({"asarray", "array", "ascontiguousarray", "asanyarray"})
+
+    def __init__(self, module=numpy):
+        self._module = module
+        self.__name__ = "tinylora.engine.backend.fake.fake_" + module.__name__.replace(".", "_")
 
     def __getattr__(self, name):
         if name in NUMPY_ONLY:
             raise AttributeError(f"xp.{name}: NumPy-only (CuPy has no {name}); the fake device refuses it")
-        value = getattr(numpy, name)
+        if name == "ndarray":
+            return FakeArray
+        if name == "random" and self._module is numpy:
+            return _FakeRandom()
+        value = getattr(self._module, name)
+        if isinstance(value, types.ModuleType):
+            return _FakeNumpy(value)  # xp.linalg, xp.fft: host arrays refused there too
         if isinstance(value, type) or not callable(value):
             return value  # dtypes, constants
         allow_host = name in self._FROM_HOST
