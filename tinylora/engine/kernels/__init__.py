@@ -17,7 +17,7 @@ Why they are faster on a CPU (all three are about memory, not arithmetic):
 
     1. One block at a time. The readable GELU makes about ten passes over a 12 MB array, each a fresh
        temporary that does not fit in any cache. A kernel runs all the steps on one block of about
-       32K numbers (128 KiB: it stays in the core's cache), in place, then moves to the next block.
+       128K numbers (512 KiB of float32: it stays in the core's cache), in place, then moves on.
     2. The blocks are shared among the free cores (NumPy lets go of Python's lock inside its loops),
        as many as engine/backend/threads.py allows: one thread on a busy machine.
     3. One output buffer, reused for every step: no temporaries to allocate and fault in.
