@@ -11,7 +11,7 @@ says so:
     the softmax inside cross-entropy          softmax.py
     layer norm forward and backward           layer_norm.py
     the Adam / AdamW update of one parameter  adam.py
-    GELU, layer norm and Adam as fused CUDA kernels   cuda.py   (CuPy; emulated on the fake device)
+    most of the above as fused CUDA kernels   cuda.py   (CuPy; emulated on the fake device)
 
 Why they are faster on a CPU (all three are about memory, not arithmetic):
 
@@ -23,8 +23,8 @@ Why they are faster on a CPU (all three are about memory, not arithmetic):
     3. One output buffer, reused for every step: no temporaries to allocate and fault in.
 
 On a GPU there is no cache to fit and no thread to share: the same code runs over the whole array
-at once, and GELU, layer norm's elementwise parts and the Adam update are one fused CUDA kernel each
-(cuda.py) instead of one kernel launch per arithmetic step. The fake device (backend/fake.py) takes
+at once, and GELU, layer norm's elementwise parts, the causal softmax's backward and the Adam update
+are one fused CUDA kernel each (cuda.py) instead of one kernel launch per arithmetic step. The fake device (backend/fake.py) takes
 the GPU path too, with the CUDA kernels emulated line by line in NumPy, so a CPU-only machine runs
 the code a GPU runs.
 
