@@ -141,24 +141,24 @@ def free_cores() -> int:
 
 def threads_for(flops: float) -> int:
     """The thread count for a product of `flops` floating-point operations."""
-    limit = get_num_threads()
-    if not _adaptive:
-        return limit
-    if flops < SMALL_FLOPS or limit == 1:
-        return 1
-    return min(limit, free_cores())
+    return _threads(small=flops < SMALL_FLOPS)
 
 
 def workers_for(elements: int) -> int:
     """How many threads share an elementwise kernel over `elements` numbers (engine/kernels/blocks.py).
 
-    The same rule as for products: one thread below SMALL_ELEMENTS (starting a thread costs more than
-    it saves), else the free cores up to the limit.
+    The same rule as for products, with SMALL_ELEMENTS for SMALL_FLOPS: below it, starting a thread
+    costs more than it saves.
     """
+    return _threads(small=elements < SMALL_ELEMENTS)
+
+
+def _threads(small: bool) -> int:
+    """One thread for small work, else the free cores up to the limit (every thread if adaptive is off)."""
     limit = get_num_threads()
     if not _adaptive:
         return limit
-    if elements < SMALL_ELEMENTS or limit == 1:
+    if small or limit == 1:
         return 1
     return min(limit, free_cores())
 
