@@ -263,3 +263,11 @@ def test_a_forked_child_runs_kernels_on_threads_of_its_own(monkeypatch):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung in a kernel")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_a_bad_switch_value_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("TINYLORA_KERNELS", "yes")
+    with pytest.raises(ValueError, match="TINYLORA_KERNELS='yes'"):
+        kernels._from_env()
+    monkeypatch.setenv("TINYLORA_KERNELS", "0")
+    assert kernels._from_env() is False

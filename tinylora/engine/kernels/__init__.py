@@ -37,7 +37,15 @@ from __future__ import annotations
 
 import os
 
-_enabled = os.environ.get("TINYLORA_KERNELS", "1").strip() != "0"
+
+def _from_env() -> bool:
+    value = os.environ.get("TINYLORA_KERNELS", "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"TINYLORA_KERNELS={value!r}: give 1 (the fast paths, the default) or 0 (the readable ops)")
+    return value == "1"
+
+
+_enabled = _from_env()
 
 
 def set_enabled(on: bool) -> None:
