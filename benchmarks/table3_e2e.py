@@ -91,7 +91,7 @@ def run_method(name: str, train_pairs, test_pairs, args, out_dir: str) -> dict:
     import argparse as ap
 
     from tinylora import manual_seed
-    from tinylora.cli.commands import _no_dropout, apply_method
+    from tinylora.cli.finetune import apply_method, no_dropout
     from tinylora.data import PairDataset
     from tinylora.engine.backend import memory
     from tinylora.lora import merge_lora, parameter_report, save_adapter
@@ -104,7 +104,7 @@ def run_method(name: str, train_pairs, test_pairs, args, out_dir: str) -> dict:
     settings, lr = METHODS[name]
     manual_seed(args.seed)
     model, tokenizer = load_model("base-mini")
-    _no_dropout(model)
+    no_dropout(model)
     flags = {"method": name, "rank": 4, "alpha": None, "targets": ("q", "v"), "layers": None, "lora_dropout": 0.0,
              "prefix_len": 0, "infix_len": 0, "adapter_dim": 1, **settings}
     apply_method(model, ap.Namespace(**flags))

@@ -1,4 +1,4 @@
-"""The `tinylora` command (tinylora/cli/commands.py), run in-process through main([...]) on tiny models.
+"""The `tinylora` command (tinylora/cli/), run in-process through main([...]) on tiny models.
 
 Every command that needs a base model gets a tiny GPT (2 layers, C = 32) saved once per module,
 not the shipped base-mini. One test runs `python -m tinylora.cli` in a subprocess to check what

@@ -110,7 +110,7 @@ def test_lora_flag_with_method_full_is_refused(capsys, tmp_path, text_file, base
 
 def test_help_shows_every_default_and_descriptions(capsys):
     """Every flag with a default shows it; every command has a description; --version answers."""
-    from tinylora.cli.commands import build_parser
+    from tinylora.cli import build_parser
 
     parser = build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
@@ -130,12 +130,12 @@ def test_help_shows_every_default_and_descriptions(capsys):
 
 def test_internal_error_keeps_its_traceback(capsys, monkeypatch):
     """A bug (here an IndexError) is not dressed up as a user error: traceback, one 'internal error' line, exit 1."""
-    from tinylora.cli import commands
+    from tinylora.cli import info
 
     def broken(args):
         raise IndexError("list index out of range")
 
-    monkeypatch.setitem(commands.COMMANDS, "info", broken)
+    monkeypatch.setattr(info, "run", broken)
     code, _, err = cli(capsys, "info")
     assert code == 1 and "Traceback" in err
     assert err.splitlines()[-1].startswith("tinylora: internal error (a bug in tinylora")

@@ -1,5 +1,5 @@
-"""The `tinylora` command (commands.py) and the demo it runs (demo.py)."""
+"""The `tinylora` command: main.py puts together one file per subcommand (pretrain.py, finetune.py, ...)."""
 
-from tinylora.cli.commands import COMMANDS, build_parser, main
+from tinylora.cli.main import COMMANDS, build_parser, main
 
 __all__ = ["COMMANDS", "build_parser", "main"]

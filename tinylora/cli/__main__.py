@@ -2,6 +2,6 @@
 
 import sys
 
-from tinylora.cli.commands import main
+from tinylora.cli.main import main
 
 sys.exit(main())

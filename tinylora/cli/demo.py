@@ -24,13 +24,13 @@ import time
 import numpy as np
 
 from tinylora import manual_seed, tensor
-from tinylora.cli.commands import decode_text
 from tinylora.data import PairDataset, e2e_pair, make_e2e
 from tinylora.engine.backend import memory
 from tinylora.lora import apply_lora, merge_lora, parameter_report, save_adapter, unmerge_lora
 from tinylora.model.generate import generate
 from tinylora.model.load import load_model, save_model
 from tinylora.nn import evaluating
+from tinylora.tokenizers import decode_text
 from tinylora.train.loop import FULL_LR, LORA_LR, TrainConfig, eval_batches, train
 from tinylora.train.plot import plot_runs
 
@@ -150,3 +150,18 @@ def print_table(rows: dict) -> None:
         if i == 0:
             print("-+-".join("-" * w for w in widths))
     print("* bytes of live tensor data (weights, gradients, optimizer state, activations), tinylora.backend.memory")
+
+
+def add_parser(sub) -> None:
+    from tinylora.cli import flags
+
+    p = sub.add_parser("demo", help="fine-tune the shipped base twice (full and LoRA) and compare",
+                       description="Fine-tune the shipped base model on a data-to-text task, full and LoRA r=4 "
+                                   "on q,v, and print one table comparing them. No download.")
+    p.add_argument("--steps", type=flags.POSITIVE_INT, default=None, help="fine-tuning steps per method (default: 150)")
+    p.add_argument("--out", default="runs/demo", help="where plots, metrics and files go (replaced on each run)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
+
+
+def run(args) -> None:
+    run_demo(out_dir=args.out, steps=args.steps, device=args.device)

@@ -4,6 +4,7 @@
     BPETokenizer.from_directory(dir)   GPT-2's byte-level BPE from vocab.json + merges.txt   (bpe.py)
     train_bpe(texts, vocab_size)       learn a small BPE vocabulary in the same format   (train_bpe.py)
     load_tokenizer("byte" | dir)       pick one by name, as a command line would
+    decode_text(tokenizer, ids)        ids -> text without the end-of-text tokens
 
 Every tokenizer has encode(str) -> list[int], decode(ids) -> str, vocab_size,
 and eot_id (the end-of-text id, or None if it has none).
@@ -32,4 +33,9 @@ def load_tokenizer(spec):
     raise ValueError(f"unknown tokenizer {spec!r}: use 'byte' or a directory holding vocab.json and merges.txt")
 
 
-__all__ = ["EOT_TEXT", "BPETokenizer", "ByteTokenizer", "bytes_to_unicode", "load_tokenizer", "train_bpe"]
+__all__ = ["EOT_TEXT", "BPETokenizer", "ByteTokenizer", "bytes_to_unicode", "decode_text", "load_tokenizer", "train_bpe"]
+
+
+def decode_text(tokenizer, ids) -> str:
+    """Token ids as text, without end-of-text tokens (the start token of an empty prompt, the stop token)."""
+    return tokenizer.decode([int(i) for i in ids if i != tokenizer.eot_id])

@@ -1,0 +1,38 @@
+"""`tinylora evaluate`: BLEU and ROUGE-L of greedy completions of held-out prompts, as JSON."""
+
+from __future__ import annotations
+
+from tinylora.cli.loading import load_with_adapter
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="BLEU and ROUGE-L of greedy completions of held-out prompts",
+                       description="Greedy generation for every prompt of a file of prompts with references "
+                                   "(E2E CSV mr,ref or JSONL prompt,completion; repeated prompts pool their "
+                                   "references), scored with sacrebleu (BLEU) and rouge-score (ROUGE-L). "
+                                   "Needs: pip install 'tinylora[metrics]'.")
+    p.add_argument("--model", default=None,
+                   help="model folder or 'base-mini' (default: the base a LoRA adapter records, else base-mini)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter or baseline method folder (optional)")
+    p.add_argument("--force", action="store_true", help="use a LoRA adapter on a base whose weights differ")
+    p.add_argument("--data", required=True, help=".csv (mr,ref) or .jsonl (prompt,completion)")
+    p.add_argument("--max-prompts", type=int, default=None, help="score only the first N distinct prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--out", default=None, help="JSON file for the scores and completions (default: print only)")
+    p.add_argument("--device", default=None)
+
+
+def run(args) -> None:
+    import json
+
+    from tinylora.data import read_pairs
+    from tinylora.io import write_json_atomic
+    from tinylora.train.generation_metrics import evaluate_generation
+
+    model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device, force=args.force)
+    result = evaluate_generation(model, tokenizer, read_pairs(args.data), args.max_prompts, args.max_new_tokens)
+    result.update({"model": str(args.model), "adapter": args.adapter, "data": str(args.data)})
+    if args.out:
+        write_json_atomic(args.out, result)
+    print(json.dumps({k: result[k] for k in ("bleu", "rouge_l", "prompts")}))
+
