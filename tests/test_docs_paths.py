@@ -114,7 +114,7 @@ def test_the_scan_finds_the_names_it_should():
     # guards the regular expression: these names are in the README and in autograd.py's docstring
     readme = set(FILE_NAME.findall((ROOT / "README.md").read_text(encoding="utf-8")))
     assert {"tinylora/engine/autograd.py", "tinylora/lora/layer.py"} <= readme
-    assert "graph_memory.py" in FILE_NAME.findall(_prose_of_python(ROOT / "tinylora/engine/autograd.py"))
+    assert "backend/memory.py" in FILE_NAME.findall(_prose_of_python(ROOT / "tinylora/engine/autograd.py"))
     assert not any(f.endswith("/no_such_file.py") for f in _repo_files())
     assert _resolves("tinylora.engine.backend.memory") and _resolves("tinylora.tensor")
     assert not _resolves("tinylora.hf.load_gpt2") and not _resolves("tinylora.no_such_module")
