@@ -16,7 +16,7 @@ import tinylora.functional as F
 from tinylora.engine import kernels
 from tinylora.engine.backend import threads
 from tinylora.engine.kernels import blocks, cuda
-from tinylora.engine.ops import gelu as gelu_op
+from tinylora.engine.ops.gelu import C as GELU_C, K as GELU_K
 
 
 @pytest.fixture
@@ -150,8 +150,8 @@ def test_cuda_gelu_bodies_equal_the_readable_op():
         y.backward(tinylora.tensor(g))
     finally:
         kernels.set_enabled(True)
-    (fwd,) = cuda.emulate(np, "gelu_forward", x, gelu_op.C, gelu_op.K)
-    (bwd,) = cuda.emulate(np, "gelu_backward", x, g, gelu_op.C, gelu_op.K)
+    (fwd,) = cuda.emulate(np, "gelu_forward", x, GELU_C, GELU_K)
+    (bwd,) = cuda.emulate(np, "gelu_backward", x, g, GELU_C, GELU_K)
     np.testing.assert_allclose(fwd, y.detach().numpy(), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(bwd, leaf.grad.numpy(), rtol=1e-13, atol=1e-14)
 
