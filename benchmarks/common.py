@@ -31,7 +31,7 @@ KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**3
 
 def allocator_setting() -> str:
     """'keep' when this process runs with KEEP_FREED_MEMORY, else 'default'; for tinylora, what it set for itself
-    (tinylora.engine.backend.allocator: 'keep' unless TINYLORA_ALLOCATOR=system)."""
+    (tinylora.engine.backend.allocator, switched on by tune_for_training: 'keep' unless TINYLORA_ALLOCATOR=system)."""
     if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
         return "keep"
     allocator = sys.modules.get("tinylora.engine.backend.allocator")
