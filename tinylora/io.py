@@ -44,6 +44,7 @@ import numpy as np
 
 from tinylora.engine.backend import to_host
 from tinylora.engine.tensor import Tensor
+from tinylora.errors import MissingNameError  # noqa: F401 (importable with the file errors)
 
 # safetensors dtype codes NumPy can hold as they are (all little endian, as the format requires)
 _NUMPY_DTYPES = {

@@ -153,11 +153,15 @@ def refuse_existing_model(out, overwrite: bool, base=None) -> None:
 
 def check_run_flags(args, run_dir) -> None:
     """--resume and --overwrite exclude each other; without either, a folder holding a run is refused now,
-    before minutes of loading rather than after."""
-    from tinylora.train.checkpoint import check_run_dir_free
+    before minutes of loading rather than after; --resume into a folder that holds no run (a mistyped
+    name) is refused rather than starting a new run there."""
+    from tinylora.train.checkpoint import check_run_dir_free, earlier_run
 
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in the folder and --overwrite deletes it: choose one")
+    if args.resume and not earlier_run(run_dir):
+        raise FileNotFoundError(f"--resume: {run_dir} holds no earlier run to continue (a mistyped folder?); "
+                                "drop --resume to start a new run there")
     if not (args.resume or args.overwrite):
         check_run_dir_free(run_dir)
 

@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from tinylora.errors import MissingNameError
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
 from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.model.hf_gpt2 import load_gpt2
@@ -107,7 +108,7 @@ def _check_weights(path: str, expected: dict) -> None:
     missing = [k for k in expected if k not in found]
     unknown = [k for k in found if k not in expected]
     if missing or unknown:
-        raise KeyError(f"{path} does not match config.json: missing {missing[:5]}, unexpected {unknown[:5]}")
+        raise MissingNameError(f"{path} does not match config.json: missing {missing[:5]}, unexpected {unknown[:5]}")
     for name, shape in expected.items():
         code, shape_in_file = found[name]
         if shape_in_file != shape:

@@ -220,7 +220,7 @@ def make_optimizer(model, config: TrainConfig, param_groups=None):
 
 
 def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, overwrite: bool,
-              dp=None) -> int:
+              dp=None, method_state=None) -> int:
     """Prepare `run_dir` and return the step to start from (0, or the resumed checkpoint's step).
 
     resume: load the latest checkpoint if there is one (refused if its settings differ).
@@ -234,6 +234,8 @@ def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, 
         extra = read_json(os.path.join(latest, "state.json"))["extra"]
         check_same_run(extra.get("run", extra), record, latest)  # checkpoints before run.json kept {"config"}
         (dp or distributed.current()).check_resume(extra.get("ranks"))  # the same number of MPI ranks
+        if method_state is not None:
+            ckpt.load_method_state(latest, method_state)
         return ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
     if (dp or distributed.current()).is_writer:  # under MPI only rank 0 touches the folder
         ckpt.claim_run_dir(run_dir, overwrite=overwrite or resume)
@@ -298,7 +300,7 @@ def _stopped(err: NonFiniteError, run_dir, config: TrainConfig) -> NonFiniteErro
 # ------------------------------------------------------------------ the loop
 def train(model, train_data, val_data=None, config: TrainConfig | None = None, run_dir=None,
           resume: bool = False, setup: dict | None = None, overwrite: bool = False, param_groups=None,
-          extra_loss=None, after_step=None) -> TrainResult:
+          extra_loss=None, after_step=None, method_state=None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_data`; see the module docstring.
 
     train_data / val_data: a TextDataset or PairDataset (tinylora.data).
@@ -310,7 +312,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     Hooks for methods that change the optimizer or the step (tinylora.methods; None: plain training):
     param_groups: AdamW groups to use (LoRA+'s learning rates); extra_loss(model): a Tensor added to
     the loss that is differentiated (AdaLoRA's orthogonality term; the logged loss includes it);
-    after_step(step): called after each optimizer step while the gradients are alive (AdaLoRA's allocator).
+    after_step(step): called after each optimizer step while the gradients are alive (AdaLoRA's allocator);
+    method_state: an object with state_dict()/load_state_dict() kept in every checkpoint (that allocator).
     Under `mpiexec -n N` each rank trains on its rows of every batch (train/distributed.py); rank 0 writes.
     Raises NonFiniteError (one line, the run folder intact) when a step's loss or gradient is NaN/inf.
     """
@@ -322,7 +325,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     val = eval_batches(val_data, config.batch_size, config.eval_batches, config.seed)
     record = run_record(config, setup)
 
-    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp)
+    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp, method_state)
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
     progress = _Progress(config, start) if dp.is_writer else None
     hooks = {"dp": dp, "extra_loss": extra_loss, "after_step": after_step}
@@ -344,7 +347,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
             result.history.append(row)
             if run_dir and dp.is_writer and config.checkpoint_every and row["step"] % config.checkpoint_every == 0:
                 ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler,
-                                     {"run": record, "ranks": dp.size})
+                                     {"run": record, "ranks": dp.size}, method_state)
     except NonFiniteError as err:
         raise _stopped(err, run_dir, config) from None
     finally:
@@ -358,7 +361,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
         if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
             ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler,
-                                 {"run": record, "ranks": dp.size})
+                                 {"run": record, "ranks": dp.size}, method_state)
         from tinylora.train.plot import plot_losses
 
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
