@@ -24,6 +24,19 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None)
 
 
+METRICS = ("sacrebleu", "rouge_score")  # the `metrics` extra: BLEU and ROUGE-L
+
+
+def check_metrics_installed() -> None:
+    """Say in one line what to install before minutes of generation, not after."""
+    import importlib.util
+
+    missing = [name for name in METRICS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RuntimeError(f"evaluate needs {' and '.join(METRICS)} to score BLEU and ROUGE-L; missing: "
+                           f"{', '.join(missing)} (pip install 'tinylora[metrics]' adds them)")
+
+
 def run(args) -> None:
     import json
 
@@ -32,6 +45,7 @@ def run(args) -> None:
     from tinylora.train.generation_metrics import evaluate_generation
 
     flags.refuse_output_over_inputs(args.out, data=args.data, adapter=args.adapter, model=args.model)
+    check_metrics_installed()
     model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device, force=args.force)
     result = evaluate_generation(model, tokenizer, read_pairs(args.data), args.max_prompts, args.max_new_tokens)
     result.update({"model": str(args.model), "adapter": args.adapter, "data": str(args.data)})
