@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from tinylora.cli import flags
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("course", help="assignments: release a student copy, grade it (offline)",
@@ -23,10 +25,11 @@ def add_parser(sub) -> None:
     g = actions.add_parser("grade", help="run each task's tests in a student copy and score them")
     g.add_argument("folder", help="the student's copy (written by `course release`)")
     g.add_argument("--json", default=None, help="also write the scores here (default: FOLDER/scores.json)")
-    g.add_argument("--timeout", type=float, default=300.0, help="seconds per task (default 300)")
+    g.add_argument("--timeout", type=flags.POSITIVE, default=300.0, help="seconds per task (default 300)")
     s = actions.add_parser("solve", help="put the reference bodies back into a student copy")
     s.add_argument("folder")
-    s.add_argument("--task", type=int, action="append", default=None, help="only this task (repeatable)")
+    s.add_argument("--task", type=flags.POSITIVE_INT, action="append", default=None,
+                   help="only this task (repeatable)")
 
 
 def run(args) -> None:
@@ -40,14 +43,16 @@ def run(args) -> None:
                 print(f"    task {task.number}: {task.title:<20} {names}")
     elif args.action == "release":
         chosen = ASSIGNMENTS if args.assignment.lower() == "all" else (get_assignment(args.assignment),)
-        for assignment in chosen:
-            out = os.path.join(args.out, assignment.id) if len(chosen) > 1 else args.out
+        outs = [os.path.join(args.out, a.id) if len(chosen) > 1 else args.out for a in chosen]
+        taken = [out for out in outs if os.path.isdir(out) and os.listdir(out)]
+        if taken:  # checked for every assignment before any is written
+            raise FileExistsError(f"tinylora course release: {', '.join(taken)} already hold(s) files; "
+                                  "nothing was written: choose a new --out")
+        for assignment, out in zip(chosen, outs):
             record = release(assignment, out)
             print(f"{assignment.id}: {len(record['stubbed'])} functions stubbed in {out}; "
                   f"handout {assignment.notebook}; grade with: tinylora course grade {out}")
     elif args.action == "grade":
-        if args.timeout <= 0:
-            raise ValueError(f"--timeout must be positive, got {args.timeout}")
         json_path = args.json or os.path.join(args.folder, "scores.json")
         grade(args.folder, timeout=args.timeout, json_path=json_path, verbose=True)
         print(f"scores written to {json_path}")

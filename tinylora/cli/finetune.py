@@ -244,8 +244,6 @@ def run(args) -> None:
         from tinylora.methods.choose import apply_method as apply_family_method
         from tinylora.methods.choose import save_method_adapter, training_hooks
 
-        if args.method == "adalora" and args.resume:
-            raise ValueError("--resume is not supported for adalora (the importance scores are not checkpointed)")
         settings = method_settings(args)
         apply_family_method(model, args.method, settings)
         hooks = training_hooks(model, args.method, settings, lr, args.max_steps, args.weight_decay)
@@ -261,7 +259,7 @@ def run(args) -> None:
     print(f"{args.method}: " + parameter_report(model)["text"].splitlines()[-1])
     allocator = hooks.pop("allocator", None)
     result = train(model, train_set, val_set, flags.train_config(args, lr), run_dir=args.out, resume=args.resume,
-                   setup=setup, overwrite=args.overwrite, **hooks)
+                   setup=setup, overwrite=args.overwrite, method_state=allocator, **hooks)
     if allocator is not None:
         ranks = allocator.rank_allocation()
         print("adalora rank per layer: " + ", ".join(f"{n} {r}" for n, r in ranks.items()))

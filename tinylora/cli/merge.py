@@ -23,9 +23,13 @@ def run(args) -> None:
     from tinylora.methods import load_method
     from tinylora.methods.glora import merge_and_unload_glora
     from tinylora.methods.method_io import MERGEABLE, read_method_config
-    from tinylora.model.load import load_model, save_model
+    from tinylora.model.load import load_model, other_entries, save_model
 
     adapter = adapter_folder(args.adapter)
+    flags.refuse_output_over_inputs(args.out, adapter=adapter)
+    if args.overwrite and other_entries(args.out):  # the folder is replaced whole (one rename): nothing else goes
+        raise FileExistsError(f"--out {args.out} holds more than a model ({', '.join(other_entries(args.out)[:4])}); "
+                              "--overwrite replaces the whole folder: choose a folder that holds only a model")
     if is_method_folder(adapter):
         base = args.base or "base-mini"
         flags.refuse_existing_model(args.out, args.overwrite, base=base)

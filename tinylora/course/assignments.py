@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tinylora.errors import MissingNameError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -35,7 +37,7 @@ class Assignment:
         for task in self.tasks:
             if task.number == number:
                 return task
-        raise KeyError(f"{self.id} has no task {number}; tasks are {[t.number for t in self.tasks]}")
+        raise MissingNameError(f"{self.id} has no task {number}; tasks are {[t.number for t in self.tasks]}")
 
     def marker(self, task: Task) -> str:
         return f"{self.id.lower()}_task{task.number}"
@@ -141,4 +143,4 @@ def get_assignment(name: str) -> Assignment:
     for assignment in ASSIGNMENTS:
         if assignment.id.lower() == str(name).lower():
             return assignment
-    raise KeyError(f"no assignment {name!r}; there are {', '.join(a.id for a in ASSIGNMENTS)}")
+    raise MissingNameError(f"no assignment {name!r}; there are {', '.join(a.id for a in ASSIGNMENTS)}")

@@ -41,6 +41,7 @@ import numpy as np
 
 from tinylora import nn
 from tinylora.engine.backend import move, to_host
+from tinylora.errors import MissingNameError
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
 from tinylora.lora.apply import (
     BIAS_MODES, TARGETS, _bias_params, all_or_nothing, apply_lora, base_named_parameters, lora_layers,
@@ -315,7 +316,7 @@ def _check_lora_shapes(model, modules: dict, shapes: dict, source: str) -> None:
             raise FileFormatError(f"{source}: modules['{name}'] has r={r}, more than min(d, k) = {min(d, k)}")
         for key, shape in ((f"{name}.lora_A", (r, k)), (f"{name}.lora_B", (d, r))):  # A (r, k), B (d, r)
             if key not in shapes:
-                raise KeyError(f"{source} lacks '{key}' (the config lists {len(modules)} LoRA layers)")
+                raise MissingNameError(f"{source} lacks '{key}' (the config lists {len(modules)} LoRA layers)")
             if shapes[key][1] != shape:
                 raise ValueError(f"{source}: '{key}' has shape {shapes[key][1]} in the file "
                                  f"but the model needs {shape}")

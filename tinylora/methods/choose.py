@@ -23,6 +23,7 @@ import dataclasses
 import os
 
 from tinylora.engine.backend import move
+from tinylora.errors import MissingNameError
 from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora.apply import apply_lora, lora_layers
 from tinylora.methods.adalora import ORTH_REG_WEIGHT, RankAllocator, apply_adalora, orthogonal_regulariser
@@ -80,6 +81,8 @@ def training_hooks(model, method: str, settings: dict, lr: float, total_steps: i
                                   tinit=settings.get("tinit", 0), tfinal=settings.get("tfinal", 0),
                                   delta_t=settings.get("delta_t", 1))
         gamma = settings.get("orth_reg_weight", ORTH_REG_WEIGHT)
+        if not (isinstance(gamma, (int, float)) and 0 <= gamma < float("inf")):  # False for NaN
+            raise ValueError(f"adalora: orth_reg_weight must be a finite number >= 0, got {gamma!r}")
         return {"extra_loss": lambda m: orthogonal_regulariser(m) * gamma, "after_step": allocator.step,
                 "allocator": allocator}
     return {}
@@ -132,7 +135,7 @@ def load_method_adapter(model, path):
     unknown = [k for k in tensors if k not in params]
     missing = sorted(expected - set(tensors))
     if unknown or missing:
-        raise KeyError(f"{tensor_path}: tensors {unknown[:3]} are not in the model, {missing[:3]} are missing")
+        raise MissingNameError(f"{tensor_path}: tensors {unknown[:3]} are not in the model, {missing[:3]} are missing")
     for name, value in tensors.items():
         p = params[name]
         if tuple(value.shape) != tuple(p.shape):

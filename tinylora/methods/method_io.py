@@ -20,6 +20,7 @@ import dataclasses
 import os
 
 from tinylora.engine.backend import move
+from tinylora.errors import MissingNameError
 from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.methods.bottleneck_adapters import apply_adapter_h, apply_adapter_l
 from tinylora.methods.bitfit import apply_bitfit
@@ -86,7 +87,7 @@ def load_method(model, path):
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(trainable) != set(tensors):
         missing, extra = sorted(set(trainable) - set(tensors)), sorted(set(tensors) - set(trainable))
-        raise KeyError(f"{path}: the file does not match {config['method']}'s parameters "
+        raise MissingNameError(f"{path}: the file does not match {config['method']}'s parameters "
                        f"(missing {missing[:3]}, unexpected {extra[:3]})")
     for name, p in trainable.items():
         if tuple(tensors[name].shape) != p.shape:

@@ -222,7 +222,7 @@ def make_optimizer(model, config: TrainConfig, param_groups=None):
 
 
 def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, overwrite: bool,
-              dp=None) -> int:
+              dp=None, method_state=None) -> int:
     """Prepare `run_dir` and return the step to start from (0, or the resumed checkpoint's step).
 
     resume: load the latest checkpoint if there is one (refused if its settings differ).
@@ -236,6 +236,8 @@ def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, 
         extra = read_json(os.path.join(latest, "state.json"))["extra"]
         check_same_run(extra.get("run", extra), record, latest)  # checkpoints before run.json kept {"config"}
         (dp or distributed.current()).check_resume(extra.get("ranks"))  # the same number of MPI ranks
+        if method_state is not None:
+            ckpt.load_method_state(latest, method_state)
         return ckpt.load_checkpoint(latest, model, optimizer, scheduler)["step"]
     if (dp or distributed.current()).is_writer:  # under MPI only rank 0 touches the folder
         ckpt.claim_run_dir(run_dir, overwrite=overwrite or resume)
@@ -309,7 +311,7 @@ def _stopped(err: NonFiniteError, run_dir, config: TrainConfig) -> NonFiniteErro
 # ------------------------------------------------------------------ the loop
 def train(model, train_data, val_data=None, config: TrainConfig | None = None, run_dir=None,
           resume: bool = False, setup: dict | None = None, overwrite: bool = False, param_groups=None,
-          extra_loss=None, after_step=None) -> TrainResult:
+          extra_loss=None, after_step=None, method_state=None) -> TrainResult:
     """Train `model`'s trainable parameters on `train_data`; see the module docstring.
 
     train_data / val_data: a TextDataset or PairDataset (tinylora.data).
@@ -321,7 +323,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     Hooks for methods that change the optimizer or the step (tinylora.methods; None: plain training):
     param_groups: AdamW groups to use (LoRA+'s learning rates); extra_loss(model): a Tensor added to
     the loss that is differentiated (AdaLoRA's orthogonality term; the logged loss includes it);
-    after_step(step): called after each optimizer step while the gradients are alive (AdaLoRA's allocator).
+    after_step(step): called after each optimizer step while the gradients are alive (AdaLoRA's allocator);
+    method_state: an object with state_dict()/load_state_dict() kept in every checkpoint (that allocator).
     Under `mpiexec -n N` each rank trains on its rows of every batch (train/distributed.py); rank 0 writes.
     Raises NonFiniteError (one line, the run folder intact) when a step's loss or gradient is NaN/inf.
     """
@@ -334,7 +337,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     val = eval_batches(val_data, config.batch_size, config.eval_batches, config.seed)
     record = run_record(config, setup)
 
-    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp)
+    start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp, method_state)
     plan = threads.fix_plan(saved_thread_plan(run_dir, start))  # each product's thread count, fixed for the run
     saved_extra = {"run": record, "ranks": dp.size, "threads": plan}
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
@@ -357,7 +360,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
                 progress.update(row)
             result.history.append(row)
             if run_dir and dp.is_writer and config.checkpoint_every and row["step"] % config.checkpoint_every == 0:
-                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler, saved_extra)
+                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler, saved_extra, method_state)
         stats = memory.stats()
         result.peak_bytes, result.peak_split = stats["peak"], stats["peak_split"]
         result.val_loss_after = evaluate(model, val) if val else None
@@ -371,7 +374,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     if run_dir and dp.is_writer:
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
         if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
-            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, saved_extra)
+            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, saved_extra, method_state)
         from tinylora.train.plot import plot_losses
 
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))
