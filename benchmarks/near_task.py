@@ -76,11 +76,13 @@ def _pretrain(args) -> None:
 
 def _finetune(args) -> None:
     from tinylora import manual_seed
+    from tinylora.analysis.provenance import provenance
     from tinylora.data import load_text_dataset
     from tinylora.lora import apply_lora, parameter_report
     from tinylora.model.load import load_model
     from tinylora.train.loop import TrainConfig, train
 
+    began = provenance(common.command_line(MODULE))
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base)
     train_set, val_set = load_text_dataset(numpy_source(), tokenizer, model.config.block_size, val_fraction=0.1,
@@ -101,7 +103,7 @@ def _finetune(args) -> None:
         "steps": args.steps, "batch": args.batch, "seed": args.seed, "val_loss_before": result.val_loss_before,
         "val_loss_after": result.val_loss_after, "train_tokens": int(len(train_set.tokens)),
         "val_tokens": int(len(val_set.tokens)), "data": "NumPy's installed *.py files, 10% held out",
-        "seconds": round(time.perf_counter() - started, 1)})
+        "seconds": round(time.perf_counter() - started, 1)}, started=began)
     name = f"{Path(args.base).name}__{label}__lr{args.lr:g}__s{args.steps}__seed{args.seed}"
     path = common.write_result(record, str(OUT_DIR / f"{name}.json"), name)
     print(f"{name}: {result.val_loss_before:.4f} -> {result.val_loss_after:.4f}  ({path})")
