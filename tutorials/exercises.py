@@ -134,7 +134,7 @@ def _judge_01_2(answer):
         layer = nn.Linear(512, 64)
         layer.weight.requires_grad_(not freeze)
         layer.bias.requires_grad_(not freeze)
-        x = tinylora.randn(32, 512, requires_grad=True)
+        x = tinylora.randn(16, 512, requires_grad=True)
         before = memory.stats()["current"]["saved"]
         y = layer(x)
         held = memory.stats()["current"]["saved"] - before  # what this one node keeps for backward
