@@ -88,6 +88,20 @@ print(any("mallopt" in s for s in seen), any("/proc/stat" in s for s in seen), t
     assert out.stdout.splitlines() == ["[] False", "True True True keep"], out.stdout
 
 
+def test_the_tinylora_command_switches_the_tuning_on():
+    """`tinylora ...` trains and generates: its entry point calls tune_for_training() before the command runs."""
+    code = """
+from tinylora.cli import main
+from tinylora.engine.backend import tuned
+before = tuned()
+main(["info", "--model", "tiny"])
+print(before, tuned())
+"""
+    out = _fresh_process(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False True", out.stdout
+
+
 def test_small_products_get_one_thread_and_large_ones_at_most_the_limit(monkeypatch):
     monkeypatch.setattr(threads, "_tuned", True)
     assert threads.threads_for(threads.SMALL_FLOPS / 2) == 1
