@@ -107,7 +107,7 @@ def test_bleu_without_sacrebleu_is_one_line_saying_what_to_install(monkeypatch):
 
 
 def test_evaluate_without_sacrebleu_is_one_error_line(tmp_path, monkeypatch, capsys):
-    from tinylora.cli.commands import main
+    from tinylora.cli import main
 
     data = tmp_path / "val.csv"
     data.write_text("mr,ref\nname[The Eagle],The Eagle is a pub.\n")

@@ -37,7 +37,7 @@ COMMANDS = ("demo", "pretrain", "finetune", "generate", "merge", "evaluate", "in
 
 
 def build_parser() -> Parser:
-    from tinylora import __version__
+    from tinylora.version import __version__
 
     parser = Parser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
     parser.add_argument("--version", action="version", version=f"tinylora {__version__}")
