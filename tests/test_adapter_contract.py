@@ -201,3 +201,19 @@ def test_cli_merge_of_a_dora_file_with_a_zeroed_embedding_is_refused(capsys, tmp
     assert not (tmp_path / "merged").exists()
     code, out, err = cli(capsys, "info", "--adapter", tmp_path / "run" / "adapter")
     assert code == 0 and "dora" in out, err
+
+
+def test_cli_qlora_adapter_generates_evaluates_on_the_rebuilt_base_and_merges_to_float(capsys, tmp_path, base):  # noqa: F811
+    data = tmp_path / "notes.txt"
+    data.write_text(some_text(5))
+    code, out, err = cli(capsys, "finetune", "--base", base, "--data", data, "--quantize", "nf4", "--compute-dtype",
+                         "float32", "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    adapter = tmp_path / "run" / "adapter"
+    assert read_json(adapter / "adapter_config.json")["quantization"]["block_size"] == 64
+    code, out, err = cli(capsys, "generate", "--adapter", adapter, "--max-new-tokens", "3")  # no --force needed
+    assert code == 0, err
+    code, out, err = cli(capsys, "info", "--adapter", adapter)
+    assert code == 0 and "QLoRA" in out, err
+    code, out, err = cli(capsys, "merge", "--adapter", adapter, "--out", tmp_path / "merged")
+    assert code == 0 and "dequantized" in out, err

@@ -91,8 +91,8 @@ def test_importance_ema_on_a_constant_gradient_converges():
     layer.lora_E.data[...] = 2.0
     for _ in range(200):
         allocator.update_importance()
-    assert_close(allocator.sensitivity[id(layer.lora_E)], np.full(2, 1.0), rtol=1e-12, atol=0, what="Ī -> |w g|")
-    assert allocator.uncertainty[id(layer.lora_E)].max() < 1e-12  # Ū -> 0
+    assert_close(allocator.sensitivity["blocks.0.attn.q.lora_E"], np.full(2, 1.0), rtol=1e-12, atol=0, what="Ī -> |w g|")
+    assert allocator.uncertainty["blocks.0.attn.q.lora_E"].max() < 1e-12  # Ū -> 0
 
 
 class TwoMatrices(nn.Module):

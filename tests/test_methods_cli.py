@@ -56,6 +56,6 @@ def test_bad_method_flags_are_one_line_errors(capsys, tmp_path, base):  # noqa: 
     code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--method", "glora",
                        "--glora-config", "C=scalar", "--out", tmp_path / "run", *FAST)
     assert code == 2 and err.startswith("tinylora: error: argument --glora-config: support C cannot be 'scalar'")
-    code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--method", "adalora", "--resume",
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--method", "adalora", "--delta-t", "0",
                        "--out", tmp_path / "run", *FAST)
-    assert code == 2 and "--resume is not supported for adalora" in err
+    assert code == 2 and err.startswith("tinylora: error: argument --delta-t: must be an integer >= 1")

@@ -44,6 +44,7 @@ import numpy as np
 
 from tinylora.engine.backend import to_host
 from tinylora.engine.tensor import Tensor
+from tinylora.errors import MissingNameError  # noqa: F401 (importable with the file errors)
 
 # safetensors dtype codes NumPy can hold as they are (all little endian, as the format requires)
 _NUMPY_DTYPES = {
@@ -151,6 +152,56 @@ def _atomic_write(path, write) -> None:
     except BaseException as err:
         if os.path.exists(temp):
             os.remove(temp)
+        disk = _disk_error(err, path) if isinstance(err, Exception) else None
+        if disk is not None and disk is not err:
+            raise disk from err
+        raise
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the paths a and b in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without renameat2
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system that cannot exchange
+        return False
+    raise OSError(code, f"cannot replace {b}: {os.strerror(code)}")
+
+
+def write_folder_atomic(path, write) -> None:
+    """Call `write(temp_folder)`, then make that folder `path` in one rename.
+
+    A new `path` appears complete or not at all. An existing one is swapped with the new folder in
+    one atomic exchange, then deleted: a kill at any moment leaves the old folder or the new one,
+    never a mix of their files. (Where the system cannot exchange two paths, the old folder is first
+    renamed aside: a kill between the two renames leaves no folder at `path`, the old one beside it.)
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temps(parent)
+    temp = _temp_name(path)
+    os.mkdir(temp)
+    try:
+        write(temp)
+        if not os.path.isdir(path) or not os.listdir(path):
+            os.replace(temp, path)  # onto nothing, or onto an empty folder: one rename
+        elif _exchange(temp, path):
+            shutil.rmtree(temp)  # now the old folder
+        else:
+            aside = _temp_name(path)
+            os.rename(path, aside)
+            os.rename(temp, path)
+            shutil.rmtree(aside)
+    except BaseException as err:
+        shutil.rmtree(temp, ignore_errors=True)
         disk = _disk_error(err, path) if isinstance(err, Exception) else None
         if disk is not None and disk is not err:
             raise disk from err

@@ -161,15 +161,18 @@ def plot(results: dict, out_dir: str) -> bool:
 
 def add_parser(sub) -> None:
     """The `tinylora analyze` subcommand's flags."""
+    from tinylora.cli import flags
+
     p = sub.add_parser("analyze", help="the LoRA paper's rank analyses on the shipped base (φ, Table 7, rank sweep)",
                        description=__doc__.split("\n\n")[1])
     p.add_argument("--out", default="runs/analyze", help="where results.json, RESULTS.md and plots go")
-    p.add_argument("--ranks", default="1,2,4,8,16,64", help="ranks of the sweep (comma list; default 1,2,4,8,16,64)")
-    p.add_argument("--steps", type=int, default=40, help="training steps per adapter (default 40)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    p.add_argument("--lr", type=float, default=3e-2)
-    p.add_argument("--alpha", type=float, default=8, help="α, the same for every rank (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ranks", type=flags.checked_int_list(1), default="1,2,4,8,16,64",
+                   help="ranks of the sweep (comma list; default 1,2,4,8,16,64)")
+    p.add_argument("--steps", type=flags.POSITIVE_INT, default=40, help="training steps per adapter (default 40)")
+    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=8, help="sequences per step (default 8)")
+    p.add_argument("--lr", type=flags.POSITIVE, default=3e-2, help="peak learning rate")
+    p.add_argument("--alpha", type=flags.POSITIVE, default=8, help="α, the same for every rank (default 8)")
+    p.add_argument("--seed", type=flags.COUNT, default=0, help="seed of the initialisation and batches")
     p.add_argument("--device", default=None)
 
 

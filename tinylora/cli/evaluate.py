@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tinylora.cli import flags
 from tinylora.cli.loading import adapter_folder, load_with_adapter
 
 
@@ -16,10 +17,20 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter", default=None, help="adapter folder of any method (optional)")
     p.add_argument("--force", action="store_true", help="use the adapter on a base whose weights differ")
     p.add_argument("--data", required=True, help=".csv (mr,ref) or .jsonl (prompt,completion)")
-    p.add_argument("--max-prompts", type=int, default=None, help="score only the first N distinct prompts")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-prompts", type=flags.POSITIVE_INT, default=None,
+                   help="score only the first N distinct prompts (default: all)")
+    p.add_argument("--max-new-tokens", type=flags.POSITIVE_INT, default=128, help="tokens generated per prompt")
     p.add_argument("--out", default=None, help="JSON file for the scores and completions (default: print only)")
     p.add_argument("--device", default=None)
+
+
+def check_metrics_installed() -> None:
+    """BLEU needs sacrebleu (the `metrics` extra): say so in one line before minutes of generation, not after."""
+    import importlib.util
+
+    if importlib.util.find_spec("sacrebleu") is None:
+        raise RuntimeError("evaluate scores BLEU with sacrebleu, which is not installed: pip install sacrebleu "
+                           "(or pip install 'tinylora[metrics]')")
 
 
 def run(args) -> None:
@@ -29,6 +40,8 @@ def run(args) -> None:
     from tinylora.io import write_json_atomic
     from tinylora.train.generation_metrics import evaluate_generation
 
+    flags.refuse_output_over_inputs(args.out, data=args.data, adapter=args.adapter, model=args.model)
+    check_metrics_installed()
     adapter = adapter_folder(args.adapter) if args.adapter else None
     model, tokenizer = load_with_adapter(args.model, adapter, device=args.device, force=args.force)
     result = evaluate_generation(model, tokenizer, read_pairs(args.data), args.max_prompts, args.max_new_tokens)

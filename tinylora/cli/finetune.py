@@ -246,8 +246,6 @@ def run(args) -> None:
     check_method_flags(args)
     flags.check_run_flags(args, args.out)
     row = method_row(args.method)
-    if args.method == "adalora" and args.resume:
-        raise ValueError("--resume is not supported for adalora (the importance scores are not checkpointed)")
     settings = method_settings(args)
     manual_seed(args.seed)
     model, tokenizer = load_model(args.base, device=args.device)
@@ -270,7 +268,7 @@ def run(args) -> None:
     print(f"{args.method}: " + parameter_report(model)["text"].splitlines()[-1])
     allocator = hooks.pop("allocator", None)
     result = train(model, train_set, val_set, flags.train_config(args, lr), run_dir=args.out, resume=args.resume,
-                   setup=setup, overwrite=args.overwrite, **hooks)
+                   setup=setup, overwrite=args.overwrite, method_state=allocator, **hooks)
     if allocator is not None:
         ranks = allocator.rank_allocation()
         print("adalora rank per layer: " + ", ".join(f"{n} {r}" for n, r in ranks.items()))

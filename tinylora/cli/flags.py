@@ -77,6 +77,20 @@ POSITIVE, NON_NEGATIVE = float_in(0.0, None, low_open=True), float_in(0.0, None)
 FRACTION = float_in(0.0, 1.0, high_open=True)  # [0, 1): a dropout rate, a validation fraction
 
 
+def checked_int_list(low: int):
+    """A comma list of integers >= low, such as 1,2,4; returns the text as given (the command splits it)."""
+    def check(text: str) -> str:
+        try:
+            values = [int(t) for t in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list of integers such as 1,2,4, got {text!r}")
+        if min(values) < low:
+            raise argparse.ArgumentTypeError(f"every value must be an integer >= {low}, got {text}")
+        return text
+    check.__name__ = "integer list"
+    return check
+
+
 def targets(text: str) -> tuple:
     targets = tuple(t.strip() for t in text.split(",") if t.strip())
     if not targets:
@@ -151,13 +165,41 @@ def refuse_existing_model(out, overwrite: bool, base=None) -> None:
                               "or --overwrite to replace it")
 
 
+def refuse_output_over_inputs(out, **inputs) -> None:
+    """--out must not be what the command reads: the same file or folder, a path inside an input
+    folder, or a folder holding an input (written whole, it would take the input with it).
+
+    inputs: {flag name: path or None}, e.g. data=args.data, adapter=args.adapter (shipped model
+    names such as base-mini count as their folder). Refused whatever --overwrite says.
+    """
+    from tinylora.model.load import resolve
+
+    if out is None:
+        return
+    target = os.path.realpath(out)
+    for flag, paths in inputs.items():
+        for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+            if path is None:
+                continue
+            source = os.path.realpath(resolve(path))
+            if os.path.commonpath([target, source]) in (target, source):
+                how = ("is" if target == source else "lies inside" if target.startswith(source + os.sep)
+                       else "holds")
+                raise ValueError(f"--out {out} {how} --{flag.replace('_', '-')} {path}, which this command reads: "
+                                 "writing there would replace it; choose another --out")
+
+
 def check_run_flags(args, run_dir) -> None:
     """--resume and --overwrite exclude each other; without either, a folder holding a run is refused now,
-    before minutes of loading rather than after."""
-    from tinylora.train.checkpoint import check_run_dir_free
+    before minutes of loading rather than after; --resume into a folder that holds no run (a mistyped
+    name) is refused rather than starting a new run there."""
+    from tinylora.train.checkpoint import check_run_dir_free, earlier_run
 
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in the folder and --overwrite deletes it: choose one")
+    if args.resume and not earlier_run(run_dir):
+        raise FileNotFoundError(f"--resume: {run_dir} holds no earlier run to continue (a mistyped folder?); "
+                                "drop --resume to start a new run there")
     if not (args.resume or args.overwrite):
         check_run_dir_free(run_dir)
 

@@ -37,7 +37,7 @@ COMMANDS = ("demo", "pretrain", "finetune", "generate", "merge", "evaluate", "in
 
 
 def build_parser() -> Parser:
-    from tinylora import __version__
+    from tinylora.version import __version__
 
     parser = Parser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
     parser.add_argument("--version", action="version", version=f"tinylora {__version__}")
@@ -52,17 +52,21 @@ def _command(name: str):
     return importlib.import_module(f"tinylora.cli.{name}")
 
 
-# what a user's mistake raises (bad values, files, folders, a full disk, a diverged run); anything
-# else (IndexError, AttributeError, ...) is a bug and keeps its traceback
-USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, FloatingPointError)
+# what tinylora raises for a user's mistake (bad values, files, folders, a full disk, a diverged run;
+# tinylora.errors' MissingNameError and WrongKindError are ValueErrors); anything else (a bare KeyError,
+# TypeError, IndexError, AttributeError, ...) is a bug and keeps its traceback, and so are these subclasses
+USER_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError)
+BUGS = (NotImplementedError, RecursionError)
 
 
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (an OSError's reason and file, a KeyError without quotes)."""
     if isinstance(err, OSError) and err.strerror:
         text = err.strerror + (f": {err.filename}" if err.filename and str(err.filename) not in err.strerror else "")
+    elif isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])  # KeyError's str() would add quotes
     else:
-        text = str(err).strip("'\"")
+        text = str(err)
     return " ".join(text.split()) or type(err).__name__
 
 
@@ -74,6 +78,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line, recorded in what pretrain writes
+    from tinylora.engine.backend import tune_for_training
+
+    tune_for_training()  # the command trains and generates: the allocator and thread settings for speed
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line  # one line each, not Python's two with the source line
@@ -83,13 +90,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("tinylora: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
-        if os.environ.get("TINYLORA_DEBUG"):
-            raise
-        print(f"tinylora: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a bug: show where, then say so in one line
-        traceback.print_exc()
+    except Exception as err:
+        if isinstance(err, USER_ERRORS) and not isinstance(err, BUGS):
+            if os.environ.get("TINYLORA_DEBUG"):
+                raise
+            print(f"tinylora: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        traceback.print_exc()  # a bug: show where, then say so in one line
         print(f"tinylora: internal error (a bug in tinylora; please report it with the traceback above): "
               f"{one_line(err)}", file=sys.stderr)
         return 1

@@ -21,9 +21,13 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     from tinylora.methods.merge import merge_method
     from tinylora.methods.table import method_row
-    from tinylora.model.load import load_model, save_model
+    from tinylora.model.load import load_model, other_entries, save_model
 
     adapter = adapter_folder(args.adapter)
+    flags.refuse_output_over_inputs(args.out, adapter=adapter)
+    if args.overwrite and other_entries(args.out):  # the folder is replaced whole (one rename): nothing else goes
+        raise FileExistsError(f"--out {args.out} holds more than a model ({', '.join(other_entries(args.out)[:4])}); "
+                              "--overwrite replaces the whole folder: choose a folder that holds only a model")
     method = method_of(adapter)
     if method_row(method).merge is not None:  # refused before anything is loaded
         raise ValueError(f"{method} cannot be merged: {method_row(method).merge}; use generate --adapter")

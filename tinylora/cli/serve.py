@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 
+from tinylora.cli import flags
 from tinylora.io import _atomic_write
 
 
@@ -30,10 +31,10 @@ def add_parser(sub) -> None:
                    help="an adapter folder (save_adapter / finetune) served as NAME; repeat for more")
     p.add_argument("--requests", required=True, help="JSONL file of {\"adapter\", \"prompt\"}")
     p.add_argument("--out", required=True, help="JSONL file of completions to write")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) means greedy")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=flags.POSITIVE_INT, default=64, help="tokens generated per request")
+    p.add_argument("--temperature", type=flags.NON_NEGATIVE, default=0.0, help="0 (default) means greedy")
+    p.add_argument("--batch-size", type=flags.POSITIVE_INT, default=32, help="requests per batch")
+    p.add_argument("--seed", type=flags.COUNT, default=0, help="seed of the sampling (temperature > 0)")
     p.add_argument("--device", default=None)
 
 
@@ -50,9 +51,11 @@ def _adapters(specs) -> dict:
 
 
 def read_requests(path) -> list:
-    """The requests of a JSONL file: [{"adapter": str, "prompt": str}, ...] ("base" when no adapter is named)."""
+    """The requests of a JSONL file: [{"adapter": str, "prompt": str}, ...] ("base" when no adapter is named).
+
+    A byte-order mark at the start is skipped, as in training data."""
     requests = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -62,6 +65,9 @@ def read_requests(path) -> list:
                 raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 raise ValueError(f"{path}:{number}: a request needs a \"prompt\" string")
+            if row.get("adapter") is not None and not isinstance(row["adapter"], str):
+                raise ValueError(f"{path}:{number}: \"adapter\" must be one adapter's name (a string), "
+                                 f"got {json.dumps(row['adapter'])[:40]}")
             requests.append({"adapter": row.get("adapter") or "base", "prompt": row["prompt"]})
     if not requests:
         raise ValueError(f"{path} holds no requests")
@@ -121,6 +127,7 @@ def run(args) -> None:
     from tinylora.model.load import load_model
 
     adapters = _adapters(args.adapter)
+    flags.refuse_output_over_inputs(args.out, requests=args.requests, adapter=list(adapters.values()), model=args.model)
     requests = read_requests(args.requests)
     quantization = servable(adapters)
     model, tokenizer = load_model(args.model, device=args.device)

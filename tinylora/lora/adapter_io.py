@@ -42,6 +42,7 @@ import numpy as np
 
 from tinylora import nn
 from tinylora.engine.backend import move, to_host
+from tinylora.errors import MissingNameError
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
 from tinylora.lora.apply import (
     BIAS_MODES, TARGETS, _bias_params, all_or_nothing, apply_lora, base_named_parameters, lora_layers,
@@ -123,7 +124,7 @@ def _bias_mode(model, trainable: set) -> str:
 
 def adapter_config(model) -> dict:
     """The adapter_config.json content describing `model`'s LoRA layers and the base they sit on."""
-    from tinylora import __version__  # here, not at the top: tinylora/__init__.py imports this package
+    from tinylora.version import __version__
 
     layers_by_name = dict(lora_layers(model))
     modules = {name: _module_settings(layer) for name, layer in layers_by_name.items()}
@@ -336,7 +337,7 @@ def _check_lora_shapes(model, modules: dict, shapes: dict, source: str) -> None:
             raise FileFormatError(f"{source}: modules['{name}'] has r={r}, more than min(d, k) = {min(d, k)}")
         for key, shape in ((f"{name}.lora_A", (r, k)), (f"{name}.lora_B", (d, r))):  # A (r, k), B (d, r)
             if key not in shapes:
-                raise KeyError(f"{source} lacks '{key}' (the config lists {len(modules)} LoRA layers)")
+                raise MissingNameError(f"{source} lacks '{key}' (the config lists {len(modules)} LoRA layers)")
             if shapes[key][1] != shape:
                 raise ValueError(f"{source}: '{key}' has shape {shapes[key][1]} in the file "
                                  f"but the model needs {shape}")

@@ -38,6 +38,7 @@ import numpy as np
 
 from tinylora import nn
 from tinylora.engine.backend import move
+from tinylora.errors import MissingNameError
 from tinylora.io import load_tensors, read_json, tensor_shapes
 from tinylora.lora.adapter_io import (_LORA_NAME, CONFIG_FILE, TENSOR_FILE, _check_base_shape, _check_config,
                                      _check_identity, _check_lora_shapes, _check_quantization, load_adapter)
@@ -111,7 +112,7 @@ def _check_known(model, name, action: str) -> list:
         raise TypeError(f"{action}: an adapter name is a str, got {name!r}")
     known = list_adapters(model)
     if name not in known:
-        raise KeyError(f"{action}: no adapter named '{name}'; the model holds {known}")
+        raise MissingNameError(f"{action}: no adapter named '{name}'; the model holds {known}")
     return layers
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 from tinylora.engine.backend import device_of
+from tinylora.errors import MissingNameError
 from tinylora.lora.adapters import _layers, adapter_state, list_adapters, store_adapter
 from tinylora.lora.apply import lora_layers
 
@@ -92,7 +93,7 @@ def combine_adapters(model, weights: dict, name: str, method: str = "svd", rank:
     _layers(model, "combine_adapters")
     unknown = [adapter for adapter in weights if adapter not in list_adapters(model)]
     if unknown:
-        raise KeyError(f"combine_adapters: no adapter named {unknown}; the model holds {list_adapters(model)}")
+        raise MissingNameError(f"combine_adapters: no adapter named {unknown}; the model holds {list_adapters(model)}")
     if method != "svd" and rank is not None:
         raise ValueError(f"combine_adapters: rank applies to method='svd' only ({method} sets its own rank)")
     parts_of = {}

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 
 from tinylora.engine.tensor import Tensor
+from tinylora.errors import MissingNameError
 from tinylora.lora.adapters import BASE, _layers, adapter_state, list_adapters
 from tinylora.lora.apply import lora_layers
 
@@ -107,7 +108,7 @@ def _check_ids(model, adapter_ids) -> list:
     known = list_adapters(model)
     unknown = sorted({n for n in names if n != BASE and n not in known}, key=str)
     if unknown:
-        raise KeyError(f"adapter_ids: no adapter named {unknown}; the model holds {known} (and '{BASE}' means none)")
+        raise MissingNameError(f"adapter_ids: no adapter named {unknown}; the model holds {known} (and '{BASE}' means none)")
     return names
 
 

@@ -49,6 +49,7 @@ import re
 import numpy as np
 
 from tinylora.engine.backend import move, to_host
+from tinylora.errors import MissingNameError
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora.adapter_io import _LORA_NAME
 from tinylora.lora.apply import TARGETS, _bias_params, all_or_nothing, apply_lora, lora_layers
@@ -216,7 +217,7 @@ def _read_peft(path) -> tuple:
         groups.setdefault((i, module), {})[ab] = value
     for (i, module), pair in groups.items():
         if set(pair) != {"A", "B"}:
-            raise KeyError(f"{tensor_path}: h.{i}.{module} has lora_{''.join(pair)} but not both lora_A and lora_B")
+            raise MissingNameError(f"{tensor_path}: h.{i}.{module} has lora_{''.join(pair)} but not both lora_A and lora_B")
     return config, groups, tensor_path
 
 

@@ -39,8 +39,13 @@ Checked against PEFT's AdaLoraConfig (tests/test_methods_peft.py).
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np  # the allocator's checkpoint state is host arrays
+
 from tinylora import functional as F
 from tinylora import nn
+from tinylora.engine.backend import move, to_host
 from tinylora.engine.tensor import Tensor, zeros
 from tinylora.lora.apply import lora_layers
 from tinylora.lora.layer import LoRALinear
@@ -146,15 +151,20 @@ class RankAllocator:
         self.layers = adalora_layers(model)
         if not self.layers:
             raise ValueError("RankAllocator: the model has no AdaLoRA layers (call apply_adalora first)")
-        if total_step is None or total_step <= 0:
-            raise ValueError(f"RankAllocator: total_step must be a positive number of steps, got {total_step!r}")
-        if not tinit < total_step - tfinal:
-            raise ValueError(f"RankAllocator: need tinit < total_step - tfinal, got tinit={tinit}, "
-                             f"total_step={total_step}, tfinal={tfinal}: no step would prune")
-        if not 0 < beta1 < 1 or not 0 < beta2 < 1:
-            raise ValueError(f"RankAllocator: beta1 and beta2 must be in (0, 1), got {beta1}, {beta2}")
-        if not 1 <= target_r <= min(layer.r for _, layer in self.layers):
-            raise ValueError(f"RankAllocator: target_r={target_r} must be in 1..init_r")
+        init_r = min(layer.r for _, layer in self.layers)
+        wrong = [f"{name} must be an integer >= {low}, got {value!r}"
+                 for name, value, low in (("total_step", total_step, 1), ("tinit", tinit, 0), ("tfinal", tfinal, 0),
+                                          ("delta_t", delta_t, 1), ("target_r", target_r, 1))
+                 if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low)]
+        wrong += [f"{name} must be in (0, 1), got {value!r}" for name, value in (("beta1", beta1), ("beta2", beta2))
+                  if not (isinstance(value, numbers.Real) and 0 < value < 1)]  # False for NaN too
+        if not wrong and target_r > init_r:
+            wrong.append(f"target_r={target_r} must be at most the initial rank {init_r}")
+        if not wrong and not tinit < total_step - tfinal:
+            wrong.append(f"need tinit < total_step - tfinal, got tinit={tinit}, total_step={total_step}, "
+                         f"tfinal={tfinal}: no step would prune")
+        if wrong:
+            raise ValueError("RankAllocator: " + "; ".join(wrong))
         self.init_budget = sum(layer.r for _, layer in self.layers)
         self.target_budget = target_r * len(self.layers)
         self.total_step, self.tinit, self.tfinal, self.delta_t = total_step, tinit, tfinal, delta_t
@@ -162,29 +172,33 @@ class RankAllocator:
         self.budget, self.rank_pattern = self.init_budget, None
         self.reset_importance()
 
+    def _named(self):
+        """[("<layer name>.lora_A", parameter), ...]: every P, Λ, Q, by a name that survives a checkpoint."""
+        return [(f"{name}.{attr}", getattr(layer, attr)) for name, layer in self.layers
+                for attr in ("lora_A", "lora_B", "lora_E")]
+
     def reset_importance(self) -> None:
-        self.sensitivity, self.uncertainty = {}, {}  # id(param) -> Ī, Ū arrays
+        self.sensitivity, self.uncertainty = {}, {}  # parameter name (see _named) -> Ī, Ū arrays
 
     def update_importance(self) -> None:
         """Ī, Ū of every entry of P, Λ, Q from the current gradients (a parameter without grad counts as 0)."""
-        for _, layer in self.layers:
-            for p in layer.adapter_parameters():
-                xp = p.device.xp
-                grad = p.grad.data if p.grad is not None else xp.zeros_like(p.data)
-                I = xp.abs(p.data * grad)
-                I_bar = self.sensitivity.get(id(p), xp.zeros_like(p.data))
-                U_bar = self.uncertainty.get(id(p), xp.zeros_like(p.data))
-                I_bar = self.beta1 * I_bar + (1 - self.beta1) * I
-                U_bar = self.beta2 * U_bar + (1 - self.beta2) * xp.abs(I - I_bar)
-                self.sensitivity[id(p)], self.uncertainty[id(p)] = I_bar, U_bar
+        for key, p in self._named():
+            xp = p.device.xp
+            grad = p.grad.data if p.grad is not None else xp.zeros_like(p.data)
+            I = xp.abs(p.data * grad)
+            I_bar = self.sensitivity.get(key, xp.zeros_like(p.data))
+            U_bar = self.uncertainty.get(key, xp.zeros_like(p.data))
+            I_bar = self.beta1 * I_bar + (1 - self.beta1) * I
+            U_bar = self.beta2 * U_bar + (1 - self.beta2) * xp.abs(I - I_bar)
+            self.sensitivity[key], self.uncertainty[key] = I_bar, U_bar
 
     def triplet_scores(self) -> dict:
         """{layer name: (r,) array}: S_i = score(λ_i) + mean_j score(Q_ij) + mean_j score(P_ji)."""
-        def score(p):
-            return self.sensitivity[id(p)] * self.uncertainty[id(p)]
+        def score(name, attr):
+            return self.sensitivity[f"{name}.{attr}"] * self.uncertainty[f"{name}.{attr}"]
 
-        return {name: score(layer.lora_E) + score(layer.lora_A).mean(axis=1) + score(layer.lora_B).mean(axis=0)
-                for name, layer in self.layers}
+        return {name: score(name, "lora_E") + score(name, "lora_A").mean(axis=1) + score(name, "lora_B").mean(axis=0)
+                for name, _ in self.layers}
 
     def mask_to_budget(self, budget: int) -> dict:
         """Zero the λ of the (b0 − budget) lowest-scoring triplets over all layers; returns the rank pattern."""
@@ -221,6 +235,8 @@ class RankAllocator:
             if mask_now:
                 self.rank_pattern = self.mask_to_budget(self.budget)
         elif global_step == final:
+            if not self.sensitivity:  # the final phase starts at the first step: score it by its own gradients
+                self.update_importance()
             self.budget = budget_schedule(global_step, self.init_budget, self.target_budget, self.total_step,
                                           self.tinit, self.tfinal, self.delta_t)[0]
             self.rank_pattern = self.mask_to_budget(self.budget)
@@ -229,6 +245,41 @@ class RankAllocator:
             self.budget = self.target_budget
             self.apply_pattern(self.rank_pattern)
         return self.budget
+
+    def state_dict(self) -> dict:
+        """{name: host array}: what a checkpoint keeps so that a resumed run allocates exactly as an
+        uninterrupted one (Ī and Ū of every P, Λ, Q; the budget; the rank pattern once fixed)."""
+        state = {"budget": np.array([self.budget], dtype=np.int64)}
+        for key in self.sensitivity:
+            state[f"sensitivity/{key}"] = to_host(self.sensitivity[key])
+            state[f"uncertainty/{key}"] = to_host(self.uncertainty[key])
+        for name, keep in (self.rank_pattern or {}).items():
+            state[f"rank_pattern/{name}"] = np.array(keep, dtype=np.uint8)
+        return state
+
+    def load_state_dict(self, state: dict, source: str = "the allocator state") -> None:
+        """Restore what state_dict() returned (read back from `source`, named in errors)."""
+        known = {key: p for key, p in self._named()}
+        names = {name for name, _ in self.layers}
+        unknown = [k for k in state if not (k == "budget" or k.split("/", 1)[-1] in known
+                                            and k.split("/", 1)[0] in ("sensitivity", "uncertainty")
+                                            or k.startswith("rank_pattern/") and k.split("/", 1)[1] in names)]
+        if "budget" not in state or unknown:
+            raise ValueError(f"{source}: not the allocator state of this model's AdaLoRA layers "
+                             f"(unexpected {unknown[:3]}{', no budget' if 'budget' not in state else ''})")
+        sensitivity, uncertainty, pattern = {}, {}, {}
+        for key, value in state.items():
+            kind, _, name = key.partition("/")
+            if kind == "rank_pattern":
+                pattern[name] = [bool(v) for v in value.tolist()]
+            elif kind in ("sensitivity", "uncertainty"):
+                if tuple(value.shape) != known[name].shape:
+                    raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the parameter "
+                                     f"{known[name].shape}")
+                (sensitivity if kind == "sensitivity" else uncertainty)[name] = move(value, known[name].device)
+        self.sensitivity, self.uncertainty = sensitivity, uncertainty
+        self.budget = int(state["budget"][0])
+        self.rank_pattern = pattern or None
 
     def rank_allocation(self) -> dict:
         """{layer name: number of nonzero λ}: where the budget went."""

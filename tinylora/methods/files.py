@@ -32,6 +32,7 @@ import numpy as np
 
 from tinylora import nn
 from tinylora.engine.backend import move, to_host
+from tinylora.errors import MissingNameError
 from tinylora.io import (
     FileFormatError,
     load_tensors,
@@ -72,7 +73,7 @@ def _bias_parameters(model) -> dict:
 
 def save_method_adapter(model, path, method: str, settings: dict) -> None:
     """Write path/adapter.safetensors and path/adapter_config.json (see the module docstring)."""
-    from tinylora import __version__
+    from tinylora.version import __version__
 
     row = METHODS.get(RECORDED_AS.get(method, method))
     if row is None:
@@ -157,7 +158,7 @@ def load_method_adapter(model, path, force: bool = False):
     shapes = tensor_shapes(tensor_path)
     if set(shapes) != set(config["tensors"]):
         missing, extra = sorted(set(config["tensors"]) - set(shapes)), sorted(set(shapes) - set(config["tensors"]))
-        raise KeyError(f"{tensor_path}: its tensors are not the ones its config lists (missing {missing[:3]}, "
+        raise MissingNameError(f"{tensor_path}: its tensors are not the ones its config lists (missing {missing[:3]}, "
                        f"not listed {extra[:3]})")
     tensors = load_tensors(tensor_path)
     for name, value in tensors.items():
@@ -173,11 +174,11 @@ def load_method_adapter(model, path, force: bool = False):
         biases = _bias_parameters(model)
         wrong = [n for n in config["biases"] if n not in biases]
         if wrong:
-            raise KeyError(f"{config_path}: 'biases' names {wrong[:3]}, which are not biases of this model")
+            raise MissingNameError(f"{config_path}: 'biases' names {wrong[:3]}, which are not biases of this model")
         expected = {**declared_tensors(model), **{n: params[n] for n in config["biases"]}}
         if set(expected) != set(tensors):
             missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-            raise KeyError(f"{tensor_path} does not hold what {method} declares: missing {missing[:3]}, "
+            raise MissingNameError(f"{tensor_path} does not hold what {method} declares: missing {missing[:3]}, "
                            f"not {method}'s {extra[:3]}")
         for name, p in expected.items():
             if tuple(tensors[name].shape) != tuple(p.shape):

@@ -168,6 +168,8 @@ def training_hooks(model, method: str, settings: dict, lr: float, total_steps: i
         allocator = RankAllocator(model, target_r=s.get("target_r", 8), total_step=total_steps,
                                   tinit=s.get("tinit", 0), tfinal=s.get("tfinal", 0), delta_t=s.get("delta_t", 1))
         gamma = s.get("orth_reg_weight", ORTH_REG_WEIGHT)
+        if not (isinstance(gamma, (int, float)) and 0 <= gamma < float("inf")):  # False for NaN
+            raise ValueError(f"adalora: orth_reg_weight must be a finite number >= 0, got {gamma!r}")
         return {"extra_loss": lambda m: orthogonal_regulariser(m) * gamma, "after_step": allocator.step,
                 "allocator": allocator}
     return {}

@@ -44,6 +44,7 @@ import math
 
 import numpy as np
 
+from tinylora.errors import MissingNameError
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
 from tinylora.model.gpt import GPT, GPTConfig
 
@@ -69,7 +70,7 @@ def config_from_hf(hf: dict, source: str = "config.json") -> GPTConfig:
         raise ValueError(f"{source}: model_type is '{hf['model_type']}', but tinylora reads GPT-2 only")
     missing = [k for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions") if k not in hf]
     if missing:
-        raise KeyError(f"{source} lacks the GPT-2 fields {missing}")
+        raise MissingNameError(f"{source} lacks the GPT-2 fields {missing}")
     C = hf["n_embd"]
     unsupported = {
         "activation_function": hf.get("activation_function", "gelu_new") not in _TANH_GELUS,
@@ -203,7 +204,7 @@ def check_hf_shapes(shapes: dict, config, source: str = "the checkpoint") -> Non
     expected = expected_hf_shapes(config)
     missing = [k for k in expected if k not in hf]
     if missing:
-        raise KeyError(f"{source} lacks {len(missing)} GPT-2 tensor(s), first: {missing[:5]}")
+        raise MissingNameError(f"{source} lacks {len(missing)} GPT-2 tensor(s), first: {missing[:5]}")
     unknown = [k for k in hf if k not in expected]
     if unknown:
         raise ValueError(f"{source} has tensors a GPT-2 of this config does not have: {unknown[:5]}")

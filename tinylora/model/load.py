@@ -29,7 +29,9 @@ import os
 
 import numpy as np
 
-from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
+from tinylora.errors import MissingNameError
+from tinylora.io import (FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_folder_atomic,
+                         write_json_atomic)
 from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.model.hf_gpt2 import load_gpt2
 from tinylora.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
@@ -49,22 +51,44 @@ def resolve(path) -> str:
     return SHIPPED.get(str(path), os.fspath(path))
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")  # what save_model writes
+
+
 def save_model(model, path, tokenizer=None, extra: dict | None = None) -> None:
-    """Write `model` (a GPT, LoRA merged away or never applied) and its tokenizer to folder `path`."""
+    """Write `model` (a GPT, LoRA merged away or never applied) and its tokenizer to folder `path`.
+
+    The folder is written whole and replaces an earlier one in one rename (tinylora.io.write_folder_atomic),
+    so a kill leaves the old model or the new one, never new weights beside an old config.json. A folder
+    that also holds other things (pretrain's run/) is written file by file instead, keeping them.
+    """
     from tinylora.lora import lora_layers
 
     if any(True for _ in lora_layers(model)):
         raise ValueError("save_model: the model still has LoRA layers; merge them first "
                          "(tinylora.lora.merge_and_unload) or save the adapter with save_adapter")
-    os.makedirs(path, exist_ok=True)
-    kind = "byte"
-    if isinstance(tokenizer, BPETokenizer):
-        tokenizer.save(path)
-        kind = "bpe"
-    save_tensors(os.path.join(path, "model.safetensors"), model.state_dict())
-    config = {"format": FORMAT, "gpt": dataclasses.asdict(model.config), "tokenizer": kind}
-    config.update(extra or {})
-    write_json_atomic(os.path.join(path, "config.json"), config)
+
+    def write(folder):
+        kind = "byte"
+        if isinstance(tokenizer, BPETokenizer):
+            tokenizer.save(folder)
+            kind = "bpe"
+        save_tensors(os.path.join(folder, "model.safetensors"), model.state_dict())
+        config = {"format": FORMAT, "gpt": dataclasses.asdict(model.config), "tokenizer": kind}
+        config.update(extra or {})
+        write_json_atomic(os.path.join(folder, "config.json"), config)
+
+    if other_entries(path):
+        os.makedirs(path, exist_ok=True)
+        write(os.fspath(path))
+    else:
+        write_folder_atomic(path, write)
+
+
+def other_entries(path) -> list:
+    """The names in folder `path` that save_model does not write (and would not keep if it replaced the folder)."""
+    if not os.path.isdir(path):
+        return []
+    return sorted(n for n in os.listdir(path) if n not in MODEL_FILES and not n.startswith("."))
 
 
 def _not_a_model_folder(path, folder: str) -> Exception:
@@ -107,7 +131,7 @@ def _check_weights(path: str, expected: dict) -> None:
     missing = [k for k in expected if k not in found]
     unknown = [k for k in found if k not in expected]
     if missing or unknown:
-        raise KeyError(f"{path} does not match config.json: missing {missing[:5]}, unexpected {unknown[:5]}")
+        raise MissingNameError(f"{path} does not match config.json: missing {missing[:5]}, unexpected {unknown[:5]}")
     for name, shape in expected.items():
         code, shape_in_file = found[name]
         if shape_in_file != shape:

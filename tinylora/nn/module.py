@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from tinylora.engine.autograd import no_grad
 from tinylora.engine.backend import get_device, move
 from tinylora.engine.tensor import _as_dtype
+from tinylora.errors import MissingNameError
 from tinylora.nn.parameter import Parameter
 
 
@@ -158,7 +159,7 @@ class Module:
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise MissingNameError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for name, p in own.items():
             if name not in state:
                 continue

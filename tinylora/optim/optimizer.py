@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from tinylora.engine.backend import memory, move, to_host
 from tinylora.engine.tensor import Tensor
+from tinylora.errors import MissingNameError
 
 
 class Optimizer:
@@ -197,7 +198,7 @@ class Optimizer:
         by_name = {self.param_names[id(p)]: p for p in self._managed()}
         unknown = sorted(set(state_dict["state"]) - set(by_name))
         if unknown:
-            raise KeyError(f"{me}.load_state_dict: state for unknown parameters {unknown[:5]}")
+            raise MissingNameError(f"{me}.load_state_dict: state for unknown parameters {unknown[:5]}")
         for name, slots in state_dict["state"].items():
             for slot, saved in slots.items():
                 if tuple(saved.shape) != by_name[name].shape:

@@ -7,6 +7,8 @@ A checkpoint is a folder:
                                 or every weight for full fine-tuning), by parameter name
         optimizer.safetensors   the optimizer's state arrays (Adam's m and v, ...)
         state.json              step, optimizer/scheduler settings, RNG state, run config
+        method_state.safetensors  a method's own training state, if it has one (AdaLoRA's importance
+                                scores and rank pattern: RankAllocator.state_dict)
 
 Frozen weights are not copied: they are whatever the base model was. The
 folder is written under a temporary name and renamed into place when complete,
@@ -32,11 +34,13 @@ import re
 import shutil
 
 from tinylora.engine import random as tl_random
+from tinylora.errors import MissingNameError
 from tinylora.io import (FileFormatError, load_tensors, read_json, remove_stale_temps, save_tensors, temp_path_for,
                          write_json_atomic)
 
 LATEST = "latest.json"
 RUN_RECORD = "run.json"
+METHOD_STATE = "method_state.safetensors"
 # what a run writes into its folder: an earlier run is recognised, and --overwrite deletes, by these names
 RUN_OUTPUTS = (LATEST, RUN_RECORD, "metrics.jsonl", "loss.png", "adapter", "model", "step-[0-9]*")
 
@@ -71,8 +75,12 @@ def _trainable_state(model) -> dict:
     return {name: p.data for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra: dict | None = None) -> str:
-    """Write checkpoint `step` into `run_dir` (atomically) and point latest.json at it. Returns its path."""
+def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra: dict | None = None,
+                    method_state=None) -> str:
+    """Write checkpoint `step` into `run_dir` (atomically) and point latest.json at it. Returns its path.
+
+    method_state: an object with state_dict() -> {name: array} (AdaLoRA's RankAllocator), or None.
+    """
     os.makedirs(run_dir, exist_ok=True)
     remove_stale_temps(run_dir)  # what a killed checkpoint write left behind
     name = f"step-{step:06d}"
@@ -84,6 +92,8 @@ def save_checkpoint(run_dir, step: int, model, optimizer, scheduler=None, extra:
         opt_state = optimizer.state_dict()
         flat = {f"{name}/{slot}": array for name, slots in opt_state["state"].items() for slot, array in slots.items()}
         save_tensors(os.path.join(temp, "optimizer.safetensors"), flat)
+        if method_state is not None:
+            save_tensors(os.path.join(temp, METHOD_STATE), method_state.state_dict())
         write_json_atomic(
             os.path.join(temp, "state.json"),
             {
@@ -140,6 +150,15 @@ def latest_checkpoint(run_dir) -> str | None:
     return path
 
 
+def load_method_state(path, method_state) -> None:
+    """Restore `method_state` (see save_checkpoint) from checkpoint folder `path`."""
+    file = os.path.join(path, METHOD_STATE)
+    if not os.path.exists(file):
+        raise FileFormatError(f"{path} holds no {METHOD_STATE}, which this method needs to resume exactly "
+                              "(a checkpoint written before it was saved?); start again with --overwrite")
+    method_state.load_state_dict(load_tensors(file), source=file)
+
+
 def load_checkpoint(path, model, optimizer, scheduler=None) -> dict:
     """Restore model's trainable parameters, the optimizer, the scheduler and the RNG from `path`.
 
@@ -159,7 +178,7 @@ def load_checkpoint(path, model, optimizer, scheduler=None) -> dict:
     missing = sorted(set(own) - set(trainable))
     unexpected = sorted(set(trainable) - set(own))
     if missing or unexpected:
-        raise KeyError(
+        raise MissingNameError(
             f"checkpoint {path} does not match the model's trainable parameters: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]} (same --method, --rank and --targets?)"
         )

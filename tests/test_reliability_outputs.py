@@ -1,0 +1,168 @@
+"""Reliability of what the newer commands write and the flags they take: evaluate, serve, merge, analyze, course.
+
+No output replaces an input: `--out` equal to (or inside, or holding) the data, the requests or the
+adapter being read is refused, whatever --overwrite says, before anything is loaded. A model folder
+is written whole and replaces an earlier one in one rename, so a run killed mid-write leaves the old
+model or the new one, never new weights beside an old config.json. Every numeric flag has a range,
+and a bad value is one line naming the flag.
+"""
+
+import json
+import os
+
+import pytest
+from test_cli import adapter, base, cli, short_pairs  # noqa: F401 (fixtures)
+from test_reliability_run import one_error_line
+
+from tinylora.data import write_jsonl
+from tinylora.io import read_json
+from tinylora.model import load as load_module
+from tinylora.model.load import load_model, save_model
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("TINYLORA_DEBUG", raising=False)
+
+
+@pytest.fixture
+def held_out(tmp_path):
+    path = tmp_path / "held_out.jsonl"
+    write_jsonl([{"prompt": r["mr"] + " ||", "completion": r["ref"]} for r in short_pairs(4)], path)
+    return path
+
+
+@pytest.fixture
+def requests(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_text('{"adapter": "a", "prompt": "name[Ab] ||"}\n{"prompt": "name[Bo] ||"}\n', encoding="utf-8")
+    return path
+
+
+def _folder_state(folder) -> dict:
+    """{file name: bytes} of every file in `folder`."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+# ------------------------------------------------------------------ no output names an input
+def test_evaluate_out_equal_to_data_is_refused_and_the_data_kept(capsys, base, held_out):  # noqa: F811
+    before = held_out.read_bytes()
+    code, _, err = cli(capsys, "evaluate", "--model", base, "--data", held_out, "--out", held_out)
+    assert code == 2 and "--data" in one_error_line(err) and held_out.read_bytes() == before
+
+
+def test_evaluate_out_inside_the_adapter_is_refused(capsys, base, adapter, held_out):  # noqa: F811
+    out = os.path.join(adapter, "scores.json")
+    code, _, err = cli(capsys, "evaluate", "--model", base, "--adapter", adapter, "--data", held_out, "--out", out)
+    assert code == 2 and "lies inside --adapter" in one_error_line(err) and not os.path.exists(out)
+
+
+def test_serve_out_equal_to_requests_is_refused_and_the_requests_kept(capsys, base, adapter, requests):  # noqa: F811
+    before = requests.read_bytes()
+    code, _, err = cli(capsys, "serve", "--model", base, "--adapter", f"a={adapter}", "--requests", requests,
+                       "--out", requests)
+    assert code == 2 and "--requests" in one_error_line(err) and requests.read_bytes() == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+@pytest.mark.parametrize("where", ["the adapter", "inside the adapter"])
+def test_merge_never_writes_into_the_adapter_it_reads(capsys, tmp_path, base, adapter, where, overwrite):  # noqa: F811
+    before = _folder_state(adapter)
+    out = adapter if where == "the adapter" else os.path.join(adapter, "merged")
+    code, _, err = cli(capsys, "merge", "--base", base, "--adapter", adapter, "--out", out, *overwrite)
+    assert code == 2 and "--adapter" in one_error_line(err)
+    assert _folder_state(adapter) == before
+
+
+# ------------------------------------------------------------------ a model folder is replaced in one rename
+
+def test_merge_overwrite_killed_between_its_writes_leaves_the_old_model(capsys, monkeypatch, tmp_path, base,  # noqa: F811
+                                                                        adapter):  # noqa: F811
+    out = tmp_path / "merged"
+    assert cli(capsys, "merge", "--base", base, "--out", out, "--adapter", adapter)[0] == 0
+    # make the folder's current model visibly different from what the merge will write
+    model, tokenizer = load_model(base)
+    save_model(model, out, tokenizer)
+    old = _folder_state(out)
+    real = load_module.write_json_atomic
+
+    def killed(path, obj):  # the weights are written, then the process dies before config.json
+        if os.path.basename(path) == "config.json":
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(load_module, "write_json_atomic", killed)
+    assert cli(capsys, "merge", "--base", base, "--out", out, "--adapter", adapter, "--overwrite")[0] == 130
+    monkeypatch.undo()
+    assert _folder_state(out) == old  # the old model whole: not new weights beside the old config.json
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]  # the half-written folder is gone
+    assert cli(capsys, "merge", "--base", base, "--out", out, "--adapter", adapter, "--overwrite")[0] == 0
+    assert _folder_state(out)["model.safetensors"] != old["model.safetensors"]  # the new model, whole
+    assert read_json(out / "config.json")["merged_from"]["adapter"] == str(adapter)
+
+
+def test_merge_overwrite_refuses_a_folder_holding_more_than_a_model(capsys, tmp_path, base, adapter):  # noqa: F811
+    out = tmp_path / "merged"
+    assert cli(capsys, "merge", "--base", base, "--out", out, "--adapter", adapter)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    code, _, err = cli(capsys, "merge", "--base", base, "--out", out, "--adapter", adapter, "--overwrite")
+    assert code == 2 and "notes.txt" in one_error_line(err) and (out / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------ serve, evaluate, analyze, course: flag ranges
+FLAGS = {  # argv after the command -> the flag the one line must name
+    "serve batch-size -1": (["serve", "--requests", "r.jsonl", "--out", "o.jsonl", "--batch-size", "-1"],
+                            "--batch-size"),
+    "serve batch-size 0": (["serve", "--requests", "r.jsonl", "--out", "o.jsonl", "--batch-size", "0"],
+                           "--batch-size"),
+    "serve temperature nan": (["serve", "--requests", "r.jsonl", "--out", "o.jsonl", "--temperature", "nan"],
+                              "--temperature"),
+    "serve temperature -1": (["serve", "--requests", "r.jsonl", "--out", "o.jsonl", "--temperature", "-1"],
+                             "--temperature"),
+    "serve max-new-tokens 0": (["serve", "--requests", "r.jsonl", "--out", "o.jsonl", "--max-new-tokens", "0"],
+                               "--max-new-tokens"),
+    "serve seed -1": (["serve", "--requests", "r.jsonl", "--out", "o.jsonl", "--seed", "-1"], "--seed"),
+    "evaluate max-prompts -1": (["evaluate", "--data", "d.jsonl", "--max-prompts", "-1"], "--max-prompts"),
+    "evaluate max-new-tokens 0": (["evaluate", "--data", "d.jsonl", "--max-new-tokens", "0"], "--max-new-tokens"),
+    "analyze ranks a": (["analyze", "--ranks", "a"], "--ranks"),
+    "analyze ranks 0": (["analyze", "--ranks", "1,0"], "--ranks"),
+    "analyze steps 0": (["analyze", "--steps", "0"], "--steps"),
+    "analyze seed -1": (["analyze", "--seed", "-1"], "--seed"),
+    "analyze lr nan": (["analyze", "--lr", "nan"], "--lr"),
+    "grade timeout nan": (["course", "grade", "somewhere", "--timeout", "nan"], "--timeout"),
+    "grade timeout 0": (["course", "grade", "somewhere", "--timeout", "0"], "--timeout"),
+    "solve task 0": (["course", "solve", "somewhere", "--task", "0"], "--task"),
+}
+
+
+@pytest.mark.parametrize("name", list(FLAGS))
+def test_flag_out_of_range_is_one_line_naming_it(capsys, name):
+    argv, flag = FLAGS[name]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and flag in one_error_line(err)
+
+
+def test_a_list_shaped_adapter_in_a_request_is_one_line(capsys, tmp_path, base, adapter):  # noqa: F811
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"adapter": ["a"], "prompt": "hi"}\n', encoding="utf-8")
+    code, _, err = cli(capsys, "serve", "--model", base, "--adapter", f"a={adapter}", "--requests", requests,
+                       "--out", tmp_path / "out.jsonl")
+    assert code == 2 and f"{requests}:1" in one_error_line(err) and '"adapter"' in err
+
+
+def test_a_byte_order_mark_in_requests_is_read_like_training_data(capsys, tmp_path, base, adapter):  # noqa: F811
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(b"\xef\xbb\xbf" + '{"adapter": "a", "prompt": "name[Ab] ||"}\n'.encode())
+    out = tmp_path / "out.jsonl"
+    code, _, err = cli(capsys, "serve", "--model", base, "--adapter", f"a={adapter}", "--requests", requests,
+                       "--out", out, "--max-new-tokens", "2")
+    assert code == 0, err
+    assert json.loads(out.read_text(encoding="utf-8").splitlines()[0])["adapter"] == "a"
+
+
+def test_course_release_all_refuses_a_taken_part_before_writing_anything(capsys, tmp_path):
+    (tmp_path / "part" / "A3").mkdir(parents=True)
+    (tmp_path / "part" / "A3" / "mine.txt").write_text("keep")
+    code, _, err = cli(capsys, "course", "release", "all", "--out", tmp_path / "part")
+    assert code == 2 and "A3" in one_error_line(err)
+    assert sorted(os.listdir(tmp_path / "part")) == ["A3"]  # A1 and A2 were not written either
