@@ -51,6 +51,8 @@ def test_each_baseline_trains_generates_and_evaluates(method, base, data, tmp_pa
     folder = tmp_path / "pairs.csv" / "method"
     model, _ = load_model(base)
     load_method(model, folder)  # the folder loads onto a fresh base
+    code, stdout, err = cli(capsys, "info", "--adapter", folder)
+    assert code == 0 and stdout.startswith(f"adapter {folder}: {method} ("), err
     code, stdout, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--prompt", "name[Ab] ||",
                             "--max-new-tokens", "5", "--temperature", "0")
     assert code == 0, err

@@ -70,15 +70,15 @@ def test_the_final_phase_at_the_first_step_prunes_by_that_steps_gradients():
     assert allocator.rank_pattern is not None
 
 
-RANGES = {  # AdaLoRA flag -> what the one line names
-    "delta-t 0": (["--delta-t", "0"], "delta_t must be an integer >= 1"),
-    "delta-t -2": (["--delta-t", "-2"], "delta_t must be an integer >= 1"),
-    "tinit -1": (["--tinit", "-1"], "tinit must be an integer >= 0"),
-    "tfinal -1": (["--tfinal", "-1"], "tfinal must be an integer >= 0"),
-    "target-r above rank": (["--target-r", "9"], "target_r=9 must be at most the initial rank 3"),
-    "orth-reg-weight nan": (["--orth-reg-weight", "nan"], "orth_reg_weight must be a finite number >= 0"),
-    "orth-reg-weight -1": (["--orth-reg-weight", "-1"], "orth_reg_weight must be a finite number >= 0"),
-    "tinit past the end": (["--tinit", "3"], "need tinit < total_step - tfinal"),
+RANGES = {  # AdaLoRA flag -> what the one line names (the flag itself: checked when finetune parses it)
+    "delta-t 0": (["--delta-t", "0"], "--delta-t: must be an integer >= 1"),
+    "delta-t -2": (["--delta-t", "-2"], "--delta-t: must be an integer >= 1"),
+    "tinit -1": (["--tinit", "-1"], "--tinit: must be an integer >= 0"),
+    "tfinal -1": (["--tfinal", "-1"], "--tfinal: must be an integer >= 0"),
+    "target-r above rank": (["--target-r", "9"], "--target-r 9 is more than the initial rank --rank 3"),
+    "orth-reg-weight nan": (["--orth-reg-weight", "nan"], "--orth-reg-weight: must be a finite number"),
+    "orth-reg-weight -1": (["--orth-reg-weight", "-1"], "--orth-reg-weight: must be >= 0.0"),
+    "tinit past the end": (["--tinit", "3"], "needs --tinit < --max-steps - --tfinal"),
 }
 
 
