@@ -6,6 +6,8 @@
     merge → unmerge      merged, then unmerged (or, for methods that only replace weights, merge_method)
     PEFT export → load   export_peft / export_method_peft, loaded by PEFT on the same HF weights
     PEFT save → import   a PEFT adapter saved by PEFT, imported by import_peft
+    CLI                  `tinylora finetune` then what `generate --adapter` loads, against the run's last
+                         checkpoint (bit for bit; QLoRA included: the NF4 base is rebuilt from the record)
 
 Where a method supports a boundary (its row says so: `serve`, `merge`, `peft` is None), the logits must
 not change: float64, 1e-10. Where it does not, the boundary is refused with one line (never computed
@@ -17,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_close, random_hf_gpt2
+from test_cli import FAST, base, cli, some_text  # noqa: F401  (base is a fixture: a tiny model folder)
 
 import tinylora
 from tinylora.lora import (add_adapter, export_peft, import_peft, lora_layers, merge_lora, mixed_adapters,
@@ -253,3 +256,56 @@ def test_peft_save_then_import(method, hf, tmp_path):
         return
     imported = import_peft(tiny_from_hf(folder), tmp_path)
     assert_close(logits(imported), hf_logits(torch, hf_model), rtol=0, atol=ATOL, what=f"PEFT {method} -> import")
+
+
+# ------------------------------------------------------------------ CLI finetune -> generate
+CLI_FLAGS = {"lora": ["--rank", "2", "--targets", "q,v,fc"], "lora-fa": ["--rank", "2"], "rslora": ["--alpha", "2"],
+             "loraplus": ["--loraplus-ratio", "4"], "dora": ["--rslora"], "pissa": [], "olora": [],
+             "adalora": ["--rank", "3", "--target-r", "2"], "glora": ["--rank", "2"], "full": [], "top2": [],
+             "bitfit": [], "prefix-embed": ["--prefix-len", "2"], "prefix-layer": ["--prefix-len", "2"],
+             "adapter-h": ["--adapter-dim", "2"], "adapter-l": ["--adapter-dim", "2"]}
+
+
+CLI_CASES = {**{m: (m, CLI_FLAGS[m]) for m in sorted(METHODS)},
+             "qlora": ("lora", ["--quantize", "nf4", "--compute-dtype", "float32"])}  # generate rebuilds the NF4 base
+
+
+@pytest.mark.slow  # 17 short training runs from the command line
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_finetune_then_generate_loads_exactly_what_trained(case, capsys, base, tmp_path):  # noqa: F811
+    """What `generate --adapter` loads (cli/loading.py) computes what the run trained: the model rebuilt from
+    the run's last checkpoint (the method applied to the base, the trained tensors put back) gives the same
+    logits, bit for bit; and generate runs on it."""
+    from tinylora.cli.loading import load_with_adapter
+    from tinylora.cli.finetune import apply_memory_flags, method_settings, no_dropout
+    from tinylora.cli.main import build_parser
+    from tinylora.model.load import load_model
+
+    method, flags = CLI_CASES[case]
+    folder = base
+    data = tmp_path / "notes.txt"
+    data.write_text(some_text(5))
+    argv = ["finetune", "--base", folder, "--data", data, "--method", method, *flags, "--out",
+            tmp_path / "run", "--lr", "1e-2", *FAST]
+    code, _, err = cli(capsys, *argv)
+    assert code == 0, err
+    row = METHODS[method]
+    if row.files == "model":
+        trained, _ = load_model(tmp_path / "run" / row.folder)
+    else:
+        trained, _ = load_with_adapter(None, str(tmp_path / "run" / row.folder))
+    args = build_parser().parse_args([str(a) for a in argv])
+    tinylora.manual_seed(args.seed)
+    rebuilt, _ = load_model(folder)
+    no_dropout(rebuilt)
+    apply_memory_flags(args, rebuilt)
+    apply_method(rebuilt, method, method_settings(args))
+    checkpoints = sorted((tmp_path / "run").glob("step-*"))
+    state = load_tensors(checkpoints[-1] / "trainable.safetensors")
+    for name, p in rebuilt.named_parameters():
+        if name in state:
+            p.data[...] = state[name]
+    np.testing.assert_array_equal(logits(trained.eval()), logits(rebuilt.eval()))
+    code, out, err = cli(capsys, "generate", "--adapter" if row.files != "model" else "--model",
+                         tmp_path / "run" / row.folder, "--max-new-tokens", "3", "--temperature", "0")
+    assert code == 0, err

@@ -10,7 +10,7 @@ train), so that is all an adapter directory holds:
     adapter_config.json     {"r", "alpha", "targets", "layers", "dropout", "init", "bias", "biases",
                              "modules": {name: {"r", "alpha", "rslora", "dropout", "init"}},
                              "base_model": {GPTConfig fields},
-                             "base": {"name", "weights_sha256"}, "tinylora_version", "format"}
+                             "base": {"name", "weights_sha256"}, "quantization", "tinylora_version", "format"}
 
 `modules` lists every LoRA layer with its own settings, so a model whose layers
 differ (say q and v with r = 8, fc with r = 4) round-trips exactly, its
@@ -24,7 +24,9 @@ only what its config declares.
 by (`model.name_or_path`, e.g. "base-mini" or a folder) and a SHA-256 of its
 weights (`weights_sha256`, below). `load_adapter` refuses a base whose weights
 hash differently unless `force=True`, because an adapter on another base
-computes something nobody trained.
+computes something nobody trained. `quantization` (QLoRA, else null) says how
+the base was quantized when the adapter trained on it: the adapter loads onto
+that NF4 copy of the recorded base only (tinylora/cli/loading.py rebuilds it).
 
     save_adapter(model, "run/adapter")
     model = load_adapter(load_model("base-mini")[0], "run/adapter")
