@@ -243,8 +243,8 @@ def test_peft_save_then_import(method, hf, tmp_path):
     torch, peft, load_hf, folder = hf
     config = peft.LoraConfig(r=4, lora_alpha=3, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
                              **PEFT_CONFIGS[method])
-    base = load_hf() if method not in ("pissa", "olora") else load_hf().float()  # PEFT's PiSSA refuses float64
-    hf_model = peft.get_peft_model(base, config).eval()
+    hf_base = load_hf() if method not in ("pissa", "olora") else load_hf().float()  # PEFT's PiSSA refuses float64
+    hf_model = peft.get_peft_model(hf_base, config).eval()
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in hf_model.named_parameters():

@@ -33,10 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
     p.add_argument("--data", required=True, help="UTF-8 text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
     p.add_argument("--method", choices=list(METHODS), default="lora",
-                   help="lora (default); lora-fa (A frozen, only B trains); a LoRA-family method (rslora, loraplus, "
-                        "dora, pissa, olora, adalora, glora); full; or a LoRA-paper baseline: top2 (last two "
-                        "blocks), bitfit (biases), prefix-embed / prefix-layer (virtual tokens), adapter-h / "
-                        "adapter-l (bottleneck adapters)")
+                   help="; ".join(f"{name} ({row.help})" for name, row in METHODS.items()))
     p.add_argument("--prefix-len", type=flags.COUNT, default=None,
                    help="prefix-*: l_p virtual tokens before the prompt (default 8)")
     p.add_argument("--infix-len", type=flags.COUNT, default=None,

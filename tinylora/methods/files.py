@@ -33,28 +33,14 @@ import numpy as np
 from tinylora import nn
 from tinylora.engine.backend import move, to_host
 from tinylora.errors import MissingNameError
-from tinylora.io import (
-    FileFormatError,
-    load_tensors,
-    read_json,
-    save_tensors,
-    tensor_shapes,
-    write_json_atomic,
-)
-from tinylora.lora.adapter_io import (
-    _SHAPE_FIELDS,
-    BaseMismatchError,
-    load_adapter,
-    read_adapter_config,
-    weights_sha256,
-)
+from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
+from tinylora.lora.adapter_io import _SHAPE_FIELDS, BaseMismatchError, load_adapter, read_adapter_config, weights_sha256
 from tinylora.lora.apply import all_or_nothing, base_named_parameters, lora_layers
 from tinylora.methods.glora import glora_layers
 from tinylora.methods.table import METHODS, apply_method
 from tinylora.methods.trainable import current_method
 
 FORMAT = "tinylora-method-adapter"
-LORA_FORMAT = "tinylora-lora-adapter"
 CONFIG_FILE, TENSOR_FILE = "adapter_config.json", "adapter.safetensors"
 RECORDED_AS = {"top": "top2"}  # model.finetune_method's name -> the table's
 

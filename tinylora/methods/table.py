@@ -26,12 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tinylora.lora.apply import apply_lora
-from tinylora.methods.adalora import (
-    ORTH_REG_WEIGHT,
-    RankAllocator,
-    apply_adalora,
-    orthogonal_regulariser,
-)
+from tinylora.methods.adalora import ORTH_REG_WEIGHT, RankAllocator, apply_adalora, orthogonal_regulariser
 from tinylora.methods.bitfit import apply_bitfit
 from tinylora.methods.bottleneck_adapters import apply_adapter_h, apply_adapter_l
 from tinylora.methods.dora import apply_dora
