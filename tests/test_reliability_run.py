@@ -622,3 +622,37 @@ def test_one_learning_rate_default_for_lora_everywhere():
     assert any("lr=LORA_LR" in "".join(cell["source"]) for cell in cells)
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
     assert "LORA_LR = 3e-2" in readme and math.isclose(tl_train.LORA_LR, 3e-2)  # the README states the value
+
+
+# ------------------------------------------------------------------ numerics: cross-entropy at extreme logits
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["kernels", "readable"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("value", [1e6, 1e8])
+def test_equal_logits_give_the_log_of_the_class_count_at_any_size(monkeypatch, fast_paths, dtype, value):
+    """Known answer: 3 equal logits are a uniform softmax, loss ln 3, gradient (1/3 - onehot) / N. Writing the
+    loss as z[t] - (m + log Σ exp(z - m)) rounds ln 3 away next to 1e8 (it gave 0 at 1e8, 1.125 at 1e6)."""
+    from tinylora.engine import kernels
+
+    monkeypatch.setattr(kernels, "_enabled", fast_paths)
+    logits = tinylora.tensor(np.full((2, 3), value), dtype=dtype, requires_grad=True)
+    loss = tinylora.functional.cross_entropy(logits, np.array([0, 2]))
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+    loss.backward()
+    np.testing.assert_allclose(logits.grad.numpy(), (np.full((2, 3), 1 / 3) - np.eye(3)[[0, 2]]) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["kernels", "readable"])
+def test_cross_entropy_at_extreme_logits_equals_torch(monkeypatch, fast_paths):
+    from conftest import require
+
+    from tinylora.engine import kernels
+
+    torch = require("torch")
+    monkeypatch.setattr(kernels, "_enabled", fast_paths)
+    rows = [([1e8, 1e8, 1e8], 1), ([1e6, 1e6, 1e6], 0), ([1e8, 0.0, -1e8], 1), ([3e4, 3e4 + 1, 3e4 - 1], 2),
+            ([-1e8, -1e8, 5.0], 2), ([1e8, 1e8 + 8, 1e8 - 8], 0)]  # (float32 logits, target): ulp of 1e8 is 8
+    for z, t in rows:
+        z = np.array([z], dtype=np.float32)
+        ours = tinylora.functional.cross_entropy(tinylora.tensor(z), np.array([t])).item()
+        theirs = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor([t])).item()
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6), f"logits {z[0].tolist()}, target {t}"
