@@ -656,3 +656,65 @@ def test_cross_entropy_at_extreme_logits_equals_torch(monkeypatch, fast_paths):
         ours = tinylora.functional.cross_entropy(tinylora.tensor(z), np.array([t])).item()
         theirs = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor([t])).item()
         assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6), f"logits {z[0].tolist()}, target {t}"
+
+
+# ------------------------------------------------------------------ resumes are bitwise whatever the load
+# 4 C = 464 is not a multiple of 32: OpenBLAS splits the MLP's (256, 464) @ (464, 116) product differently on 1
+# and 2 threads, so the thread count shows in the weights' last bits (at 4 C = 512 it does not, on this BLAS)
+THREADED = GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=4, n_embd=116, dropout=0.0)
+THREADED_RUN = TrainConfig(max_steps=3, batch_size=4, lr=1e-3, checkpoint_every=1, eval_every=3, eval_batches=1,
+                           progress=False)
+
+
+_BATCH_FOR_STEP = tl_train.batch_for_step
+
+
+def _run_at_load(monkeypatch, run_dir, free_cores: int, resume: bool = False, stop_before: int | None = None):
+    """Train THREADED for THREADED_RUN with at most 2 threads while the load measurement sees `free_cores` free
+    cores; stop_before: a Ctrl-C when the batch of that step is fetched. Returns the weights."""
+    from tinylora.data import TextDataset
+    from tinylora.engine.backend import threads
+
+    monkeypatch.setattr(threads, "_limit", 2)
+    monkeypatch.setattr(threads, "_adaptive", True)
+    monkeypatch.setattr(threads, "free_cores", lambda: free_cores)
+
+    def batch_or_interrupt(dataset, batch_size, seed, step):
+        if step == stop_before:
+            raise KeyboardInterrupt
+        return _BATCH_FOR_STEP(dataset, batch_size, seed, step)
+
+    monkeypatch.setattr(tl_train, "batch_for_step", batch_or_interrupt)
+    tinylora.manual_seed(0)
+    model = GPT(THREADED, device="cpu")
+    data = TextDataset(np.random.default_rng(0).integers(0, 64, 4000), block_size=64)
+    valid = TextDataset(np.random.default_rng(1).integers(0, 64, 400), block_size=64)
+    train(model, data, valid, config=THREADED_RUN, run_dir=run_dir, resume=resume)
+    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+
+
+@pytest.mark.slow  # four short runs, each writing its loss plot: 5-10 s here
+def test_a_resume_under_another_load_uses_the_runs_thread_plan_and_is_bitwise(monkeypatch, tmp_path):
+    """The plan (each product's thread count, fixed for the run, engine/backend/threads.py) is measured when the
+    run starts and kept in its checkpoints; a resume reuses it, so a run resumed on a busier machine multiplies
+    with the same counts and ends with the same bits as a run never stopped."""
+    from tinylora.engine import kernels
+
+    pytest.importorskip("threadpoolctl")  # without it, tinylora never changes a thread count
+    if not kernels.enabled():
+        pytest.skip("TINYLORA_KERNELS=0: every product is a plain a @ b on BLAS's own thread count, nothing to plan")
+    quiet = _run_at_load(monkeypatch, tmp_path / "quiet", free_cores=2)  # 2 threads for every large product
+    busy = _run_at_load(monkeypatch, tmp_path / "busy", free_cores=1)
+    if all(np.array_equal(quiet[n], busy[n]) for n in quiet):
+        pytest.skip("this BLAS computes THREADED's products to the same bits on 1 and 2 threads: nothing to show")
+    assert read_json(str(tmp_path / "quiet" / "step-000001" / "state.json"))["extra"]["threads"] == {
+        "large_product_threads": 2, "small_flops": 2e6}
+
+    with pytest.raises(KeyboardInterrupt):  # started quiet, stopped after the checkpoint of step 1 ...
+        _run_at_load(monkeypatch, tmp_path / "resumed", free_cores=2, stop_before=1)
+    resumed = _run_at_load(monkeypatch, tmp_path / "resumed", free_cores=1, resume=True)  # ... resumed busy
+    for name in quiet:
+        np.testing.assert_array_equal(resumed[name], quiet[name], err_msg=f"{name} after a resume under load")
+    metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "quiet" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("val_loss") for r in metrics] == [r.get("val_loss") for r in straight]
