@@ -1,10 +1,11 @@
-"""Reliability of a training run, the command and the data: bad inputs, faults and numerics (issue 9).
+"""Reliability of a training run, the command and the data: bad inputs, faults and numerics.
 
 Each bad input asserts the exit code (or the exact error class) and that the one-line message
 names the culprit (the flag, the file and line, the setting, the tensor). The tables below are
 what the README's "What is guaranteed" counts. Faults: Ctrl-C and SIGKILL then --resume, a killed
 write's leftovers, a full disk (an injected ENOSPC everywhere; a real 64 KiB tmpfs where this
-machine lets a test mount one). Numerics: a NaN/inf step is never applied, checkpointed or saved.
+machine lets a test mount one). Numerics: a NaN/inf step is never applied, checkpointed or saved;
+cross-entropy at extreme logits equals PyTorch's; a resume under another load is bitwise (the thread plan).
 """
 
 import errno
