@@ -8,7 +8,11 @@ A result file is one JSON object:
 
     {"benchmark": "memory", "contender": {...}, "shape": {...}, "device": "cpu", "threads": 2,
      "command": "python -m benchmarks.memory --config gpt2 ...", "machine": {...}, "versions": {...},
+     "provenance": {"git": {"commit", "dirty"}, "machine", "command", "versions", "time"},
      "result": {...benchmark-specific numbers...}}
+
+"provenance" (tinylora.analysis.provenance) is the record every result file written since it was added
+carries: a file without it predates it, and its commit is unknown.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**3
 
 def allocator_setting() -> str:
     """'keep' when this process runs with KEEP_FREED_MEMORY, else 'default'; for tinylora, what it set for itself
-    (tinylora.engine.backend.allocator: 'keep' unless TINYLORA_ALLOCATOR=system)."""
+    (tinylora.engine.backend.allocator, switched on by tune_for_training: 'keep' unless TINYLORA_ALLOCATOR=system)."""
     if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()):
         return "keep"
     allocator = sys.modules.get("tinylora.engine.backend.allocator")
@@ -165,8 +169,10 @@ def blas_info() -> str:
         return "unknown"
 
 
-def make_record(benchmark: str, args: argparse.Namespace, module: str, result: dict, **extra) -> dict:
-    """The full JSON record of one run."""
+def make_record(benchmark: str, args: argparse.Namespace, module: str, result: dict, started: dict | None = None,
+                **extra) -> dict:
+    """The full JSON record of one run. `started`: the provenance taken when a long run began (its git state
+    is the code that ran, even if the checkout moved on meanwhile); default: taken now."""
     record = {
         "benchmark": benchmark,
         "device": args.device,
@@ -180,6 +186,9 @@ def make_record(benchmark: str, args: argparse.Namespace, module: str, result: d
         "versions": library_versions(),
         "backend": backend_name(args),
     }
+    from tinylora.analysis.provenance import provenance  # imports tinylora: only after parse_args pinned threads
+
+    record["provenance"] = started or provenance(record["command"], args.device)
     record.update(extra)
     record["result"] = result
     return record

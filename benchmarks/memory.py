@@ -25,7 +25,7 @@ import os
 from . import common
 
 MODULE = "benchmarks.memory"
-# tinylora keeps freed memory by default (tinylora/engine/backend/allocator.py); then memory freed while the
+# tinylora's tuning for training keeps freed memory (tinylora/engine/backend/allocator.py); then memory freed while the
 # model is built stays resident and inflates the baseline, understating "peak above the model". The peak
 # itself is the same either way, so memory is measured with glibc's own defaults, as for the peers.
 os.environ.setdefault("TINYLORA_ALLOCATOR", "system")

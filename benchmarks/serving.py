@@ -120,6 +120,9 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from benchmarks.shapes import get_shape
+    from tinylora.engine.backend import tune_for_training
+
+    tune_for_training()  # the allocator and thread settings train() runs with (tinylora/engine/backend/tuning.py)
 
     shape = get_shape(args.config)
     counts = [int(n) for n in args.adapters.split(",")]

@@ -1,6 +1,6 @@
 """The LoRA paper's Table 3 in miniature: every method on the shipped base and the E2E-style task, one command.
 
-    python -m benchmarks.table3_e2e          (~2 CPU-minutes on an idle core; writes JSON, MD and PNG)
+    python -m benchmarks.table3_e2e --seeds 0,1,2      (writes JSON, MD and PNG; the MD gives the time it took)
 
 Every method fine-tunes the shipped byte-level base ("base-mini": L = 4 blocks, d = 128, 859k parameters)
 on the same generated E2E-style data-to-text pairs (tinylora.data.make_e2e), with the same steps, batch,
@@ -24,7 +24,15 @@ others are LoRA's 3e-2 times the ratio of their learning rate to LoRA's in the p
 accounting of live tensor bytes), median step time (CPU seconds of one thread), validation loss,
 batch-1 latency (CPU ms of one forward over a typical prompt, prefixes included), the size of the file
 the method must store, and BLEU / ROUGE-L of greedy completions of held-out meaning representations
-against their 3 references (tinylora.train.generation_metrics: sacrebleu and rouge-score).
+against their 3 references, as the E2E challenge scores them (tinylora.train.generation_metrics: BLEU
+lowercased, ROUGE-L F(β=1.2) of the best precision and best recall).
+
+Two rows learn nothing and set the floor (tinylora.data.e2e_baselines): the constant sentence
+"<name> is a restaurant." and a one-line slot template. Every trained method runs once per seed (the
+seed sets the initialisation and the batch order; data and test MRs stay fixed); the table gives the
+mean ± standard deviation over seeds, and says for each method whether its BLEU differs from LoRA's by
+more than the two spreads added (|mean difference| > sd + sd), i.e. whether the order is real at this
+many seeds.
 """
 
 from __future__ import annotations
@@ -143,21 +151,69 @@ def run_method(name: str, train_pairs, test_pairs, args, out_dir: str) -> dict:
     }
 
 
-def table(rows: dict) -> str:
-    lines = ["| method | trainable #Θ | peak train memory | CPU s / step | val loss | batch-1 latency (CPU ms) "
-             "| file | BLEU | ROUGE-L |", "|---|---|---|---|---|---|---|---|---|"]
-    base_latency = rows["full"]["latency_cpu_ms"] if "full" in rows else None  # the plain GPT's cost
-    for name, r in rows.items():
+def baseline_rows(test_pairs) -> dict:
+    """BLEU / ROUGE-L of the two outputs that learn nothing, on the same held-out MRs."""
+    from tinylora.data import constant_sentence, template_sentence
+    from tinylora.train.generation_metrics import references_by_prompt, score
+
+    refs = references_by_prompt(test_pairs)
+    rows = {}
+    for name, write in (("constant", constant_sentence), ("template", template_sentence)):
+        hyps = [write(prompt.removesuffix(" ||").strip()) for prompt, _ in refs]
+        quality = score(hyps, [r for _, r in refs])
+        rows[name] = {"bleu": quality["bleu"], "rouge_l": quality["rouge_l"], "example": hyps[0]}
+    return rows
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(per_seed: dict) -> dict:
+    """method -> {"<key>": [mean, sd]} for the quality numbers, over that method's seeds."""
+    return {name: {key: mean_sd([run[key] for run in runs.values()]) for key in ("val_loss_after", "bleu", "rouge_l")}
+            for name, runs in per_seed.items()}
+
+
+def against_lora(summary: dict, name: str) -> str:
+    """Whether `name`'s mean BLEU differs from LoRA's by more than the sum of their standard deviations."""
+    if name == "lora" or "lora" not in summary:
+        return ""
+    (m, s), (ml, sl) = summary[name]["bleu"], summary["lora"]["bleu"]
+    if abs(m - ml) <= s + sl:
+        return "within spread"
+    return "above LoRA" if m > ml else "below LoRA"
+
+
+def table(per_seed: dict, baselines: dict) -> str:
+    summary = summarize(per_seed)
+    seeds = sorted({seed for runs in per_seed.values() for seed in runs})
+    lines = ["| method | trainable #Θ | peak train memory | CPU s / step | batch-1 latency (CPU ms) | file "
+             f"| val loss | BLEU | ROUGE-L | BLEU vs LoRA | BLEU per seed ({', '.join(map(str, seeds))}) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, b in baselines.items():
+        lines.append(f"| {name} (no training) | 0 | | | | | | {b['bleu']:.1f} | {b['rouge_l']:.1f} | | |")
+    first = {name: runs[min(runs)] for name, runs in per_seed.items()}  # cost columns: the first seed's run
+    base_latency = first["full"]["latency_cpu_ms"] if "full" in first else None  # the plain GPT's cost
+    for name, runs in per_seed.items():
+        r, q = first[name], summary[name]
         latency = f"{r['latency_cpu_ms']:.2f}"
         if base_latency and name != "full":
             latency += f" ({100 * (r['latency_cpu_ms'] / base_latency - 1):+.0f}%)"
+        cells = [f"{q[k][0]:.{d}f} ± {q[k][1]:.{d}f}" for k, d in (("val_loss_after", 3), ("bleu", 1), ("rouge_l", 1))]
+        by_seed = " / ".join(f"{runs[seed]['bleu']:.1f}" if seed in runs else "-" for seed in seeds)
         lines.append(f"| {name} | {r['trainable']:,} | {r['peak_train_mib']:.1f} MiB | {r['step_cpu_s']:.3f} | "
-                     f"{r['val_loss_after']:.3f} | {latency} | {r['file_bytes'] / 1e3:,.1f} kB | {r['bleu']:.1f} | "
-                     f"{r['rouge_l']:.1f} |")
+                     f"{latency} | {r['file_bytes'] / 1e3:,.1f} kB | {' | '.join(cells)} | {against_lora(summary, name)} "
+                     f"| {by_seed} |")
     return "\n".join(lines)
 
 
-def plot(rows: dict, path) -> bool:
+def plot(per_seed: dict, baselines: dict, path) -> bool:
+    """Four panels: |Θ| (log), validation loss, BLEU (mean ± sd, baselines as lines), batch-1 latency."""
     try:
         import matplotlib
 
@@ -165,15 +221,23 @@ def plot(rows: dict, path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    names = list(rows)
+    summary, names = summarize(per_seed), list(per_seed)
+    first = {name: runs[min(runs)] for name, runs in per_seed.items()}
+    colors = ["C3" if n == "lora" else "C0" for n in names]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    panels = [("trainable |Θ| (log)", "trainable", True), ("validation loss", "val_loss_after", False),
-              ("BLEU", "bleu", False), ("batch-1 latency, CPU ms", "latency_cpu_ms", False)]
-    for ax, (title, key, log) in zip(axes, panels):
-        ax.bar(names, [rows[n][key] for n in names], color=["C3" if n == "lora" else "C0" for n in names])
-        ax.set_title(title)
-        if log:
-            ax.set_yscale("log")
+    axes[0].bar(names, [first[n]["trainable"] for n in names], color=colors)
+    axes[0].set_yscale("log")
+    axes[0].set_title("trainable |Θ| (log)")
+    for ax, key, title in ((axes[1], "val_loss_after", "validation loss"), (axes[2], "bleu", "BLEU (E2E form)")):
+        ax.bar(names, [summary[n][key][0] for n in names], yerr=[summary[n][key][1] for n in names], color=colors,
+               capsize=3)
+        ax.set_title(f"{title}, mean ± sd over seeds")
+    for (name, b), style in zip(baselines.items(), (":", "--")):
+        axes[2].axhline(b["bleu"], color="k", linestyle=style, label=f"{name} (no training)")
+    axes[2].legend(fontsize=7)
+    axes[3].bar(names, [first[n]["latency_cpu_ms"] for n in names], color=colors)
+    axes[3].set_title("batch-1 latency, CPU ms")
+    for ax in axes:
         ax.tick_params(axis="x", rotation=60)
     fig.suptitle("E2E-style task on base-mini: the LoRA paper's baselines and LoRA (red)")
     fig.tight_layout()
@@ -190,39 +254,57 @@ def main(argv=None) -> dict:
     parser.add_argument("--test", type=int, default=12, help="held-out MRs for BLEU/ROUGE-L (3 references each)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2", help="one run per seed and method (default 0,1,2)")
     parser.add_argument("--work", default="runs/table3", help="run folders (default runs/table3)")
     parser.add_argument("--out", default=None, help="result JSON path (default benchmarks/results/...)")
     args = parser.parse_args(argv)
     args.threads_pinned_before_import = common.pin_threads(args.threads)
     args.device = "cpu"
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
 
+    from tinylora.analysis.provenance import provenance
+
+    began = provenance(common.command_line(MODULE, argv))
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     started = time.perf_counter()
     train_pairs, test_pairs = e2e_data(args.train, args.test)
-    rows = {}
+    baselines = baseline_rows(test_pairs)
+    per_seed = {}
     for name in args.methods.split(","):
-        rows[name] = run_method(name, train_pairs, test_pairs, args, args.work)
-        r = rows[name]
-        print(f"{name}: |Θ| {r['trainable']:,}, val loss {r['val_loss_after']:.3f}, BLEU {r['bleu']:.1f}, "
-              f"ROUGE-L {r['rouge_l']:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        for seed in seeds:
+            args.seed = seed
+            r = run_method(name, train_pairs, test_pairs, args, os.path.join(args.work, f"seed{seed}"))
+            per_seed.setdefault(name, {})[seed] = r
+            print(f"{name} seed {seed}: |Θ| {r['trainable']:,}, val loss {r['val_loss_after']:.3f}, BLEU {r['bleu']:.1f}, "
+                  f"ROUGE-L {r['rouge_l']:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    result = {"steps": args.steps, "batch": args.batch, "train_pairs": len(train_pairs),
-              "test_prompts": len(test_pairs) // 3, "rows": rows, "uptime_before": uptime_before,
-              "uptime_after": uptime_after, "wall_s": time.perf_counter() - started, "table_md": table(rows)}
-    record = common.make_record("table3_e2e", args, MODULE, result, shape={"config": "base-mini"})
+    result = {"steps": args.steps, "batch": args.batch, "seeds": seeds, "train_pairs": len(train_pairs),
+              "test_prompts": len(test_pairs) // 3, "baselines": baselines,
+              "rows": {name: {str(seed): run for seed, run in runs.items()} for name, runs in per_seed.items()},
+              "summary": summarize(per_seed), "uptime_before": uptime_before, "uptime_after": uptime_after,
+              "wall_s": time.perf_counter() - started, "table_md": table(per_seed, baselines)}
+    args.seed = seeds[0]
+    record = common.make_record("table3_e2e", args, MODULE, result, started=began, shape={"config": "base-mini"})
     path = common.write_result(record, args.out, "table3_e2e__base-mini__cpu")
     png = path.with_suffix(".png")
-    plot(rows, png)
+    plot(per_seed, baselines, png)
     path.with_suffix(".md").write_text(
         f"# Table 3 in miniature (base-mini, E2E-style task, CPU, {args.threads} thread)\n\n"
-        f"Command: `{record['command']}`\n\n{table(rows)}\n\n"
+        f"Command: `{record['command']}` (git {record['provenance']['git']['commit']}, "
+        f"{record['provenance']['machine']['cpu_model']}); {result['wall_s'] / 60:.0f} minutes in all.\n\n"
+        f"{result['table_md']}\n\n"
         f"{args.steps} steps of batch {args.batch}; {len(train_pairs)} training pairs (10% validation); BLEU and "
-        f"ROUGE-L (0-100) of greedy completions of {len(test_pairs) // 3} held-out MRs, 3 references each. "
-        f"Step: CPU seconds of the whole run / steps (two validations included). Latency: one forward over the "
-        f"first test prompt (prefix methods add their virtual tokens), LoRA merged; % against FT (the plain GPT).\n\n"
+        f"ROUGE-L (0-100) as the E2E challenge computes them, of greedy completions of {len(test_pairs) // 3} held-out "
+        f"MRs, 3 references each. Mean ± sample standard deviation over seeds {args.seeds}; 'BLEU vs LoRA' says "
+        f"whether the difference of the means exceeds the sum of the two standard deviations. The two "
+        f"no-training rows are deterministic. Cost columns are the first seed's run. Step: CPU seconds of the whole "
+        f"run / steps (two validations included). Latency: one forward over the first test prompt (prefix methods "
+        f"add their virtual tokens), LoRA merged; % against FT (the plain GPT).\n\n"
         f"Load: before `{uptime_before}`, after `{uptime_after}`.\n")
-    print(table(rows))
+    print(result["table_md"])
     print(f"-> {path}, {png} ({result['wall_s']:.0f} s)")
     return record
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import tinylora
-from tinylora.engine.backend import get_device, memory, synchronize
+from tinylora.engine.backend import get_device, memory, synchronize, tune_for_training
 
 
 def build_model(shape, device: str, seed: int):
-    """A tinylora GPT of exactly `shape` (dropout 0), initialised from `seed`."""
+    """A tinylora GPT of exactly `shape` (dropout 0), initialised from `seed`, in a process tuned as train() tunes it
+    (allocator and thread choice: tinylora/engine/backend/tuning.py)."""
     from tinylora.model.gpt import GPT, GPTConfig
 
+    tune_for_training()
     tinylora.manual_seed(seed)
     config = GPTConfig(vocab_size=shape.vocab_size, block_size=shape.block_size, n_layer=shape.n_layer,
                        n_head=shape.n_head, n_embd=shape.n_embd, dropout=0.0)

@@ -20,10 +20,10 @@ FLAGS = ["--prefix-len", "3", "--infix-len", "2", "--adapter-dim", "4"]
 
 
 def metrics_installed() -> bool:
-    """sacrebleu and rouge-score (the `metrics` extra) are there; under TINYLORA_REQUIRE_REF=1 they must be."""
-    installed = all(importlib.util.find_spec(name) for name in ("sacrebleu", "rouge_score"))
+    """sacrebleu (the `metrics` extra) is there; under TINYLORA_REQUIRE_REF=1 it must be."""
+    installed = importlib.util.find_spec("sacrebleu") is not None
     if not installed and os.environ.get("TINYLORA_REQUIRE_REF") == "1":
-        pytest.fail("sacrebleu and rouge-score are required (TINYLORA_REQUIRE_REF=1) but missing")
+        pytest.fail("sacrebleu is required (TINYLORA_REQUIRE_REF=1) but missing")
     return installed
 
 

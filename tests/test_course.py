@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
-from tinylora.course import ASSIGNMENTS, grade, release, solve
-from tinylora.course.release import repository_root
+from tinylora.course import ASSIGNMENTS, grade, release
+from tinylora.course.release import INSTRUCTOR_ONLY, repository_root
+from tinylora.course.solve import solve
 from tinylora.course.stubs import get_body, replace_body, stub
 
 SOURCE = textwrap.dedent('''\
@@ -90,10 +91,13 @@ def test_release_is_unsolved_gradeable_and_solvable(assignment, tmp_path):
     # no solution text anywhere in the release: no removed body, and no solution cell in any notebook
     bodies = {(e["file"], e["function"]): get_body(open(os.path.join(root, e["file"]), encoding="utf-8").read(),
                                                    e["function"]) for e in record["stubbed"]}
+    assert not any(os.path.exists(os.path.join(out, p)) for p in INSTRUCTOR_ONLY if "*" not in p), \
+        "a release ships no instructor-only file (solve, the wrong-solution catalogue)"
     for path in _text_files(out):
         text = open(path, encoding="utf-8").read()
         for (file, function), body in bodies.items():
-            assert textwrap.dedent(body).strip() not in textwrap.dedent(text), f"{function}'s body is in {path}"
+            assert textwrap.dedent(body).strip() not in textwrap.dedent(text), \
+                f"a release must not ship a stubbed function's solution: {function}'s body is in {path}"
         if path.endswith(".ipynb"):
             for cell in json.loads(text)["cells"]:
                 if "solution" in cell.get("metadata", {}).get("tags", []):
@@ -101,7 +105,7 @@ def test_release_is_unsolved_gradeable_and_solvable(assignment, tmp_path):
 
     # unsolved: every task scores 0 with its own NotImplementedError (tasks with needs: once those are solved)
     independent = [t.number for t in assignment.tasks if not t.needs]
-    scores = grade(out, tasks=independent)
+    scores = grade(out, assignment.id, tasks=independent)
     for row in scores["tests"]:
         assert row["total"] > 0, f"{row['name']}: no tests ran"
         assert row["score"] == 0 and f"NotImplementedError: {assignment.id} task {row['task']}:" in row["output"], row
@@ -109,12 +113,31 @@ def test_release_is_unsolved_gradeable_and_solvable(assignment, tmp_path):
         partly = str(tmp_path / f"{assignment.id}-after-{'-'.join(map(str, needs))}")
         release(assignment, partly)
         solve(partly, tasks=set(needs))
-        for row in grade(partly, tasks=[t.number for t in assignment.tasks if t.needs == needs])["tests"]:
+        for row in grade(partly, assignment.id, tasks=[t.number for t in assignment.tasks if t.needs == needs])["tests"]:
             assert row["total"] > 0 and row["score"] == 0, row
             assert f"NotImplementedError: {assignment.id} task {row['task']}:" in row["output"], row
 
     # solved with the reference bodies: full marks
     solve(out)
-    scores = grade(out, json_path=str(tmp_path / "scores.json"))
+    scores = grade(out, assignment.id, json_path=str(tmp_path / "scores.json"))
     assert scores["score"] == scores["max_score"] == len(assignment.tasks), scores
     assert json.loads((tmp_path / "scores.json").read_text())["score"] == scores["score"]
+
+
+def _guard_source(notebook):
+    cells = json.load(open(notebook, encoding="utf-8"))["cells"]
+    guards = [c for c in cells if "release-guard" in c.get("metadata", {}).get("tags", [])]
+    assert len(guards) == 1 and cells.index(guards[0]) == 1, f"{notebook}: the release guard must be its first code cell"
+    return "".join(guards[0]["source"])
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS, ids=lambda a: a.id)
+def test_a_handout_refuses_a_tinylora_from_another_folder(assignment, tmp_path, monkeypatch):
+    source = _guard_source(os.path.join(repository_root(), assignment.notebook))
+    monkeypatch.chdir(os.path.join(repository_root(), "tutorials", "course"))
+    exec(compile(source, "guard", "exec"), {})  # its own repository's tinylora: runs
+    elsewhere = tmp_path / "tutorials" / "course"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(RuntimeError, match="this handout belongs to the tinylora in"):
+        exec(compile(source, "guard", "exec"), {})  # a release whose own tinylora is not the one imported

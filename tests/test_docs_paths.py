@@ -5,12 +5,11 @@ A name counts if it ends in .py, .ipynb or .md (`tinylora/engine/ops/matmul.py`,
 ends with it (`ops/attention.py` is tinylora/engine/ops/attention.py), so a
 docstring may name a file relative to its own folder. Scanned: README.md, every
 other README, and the docstrings and comments (not the code) of every .py file
-in tinylora/, tests/ and benchmarks/ (tinylora/_moved.py, which lists the old
-paths on purpose, excepted).
+in tinylora/, tests/ and benchmarks/.
 
 A dotted name such as `tinylora.engine.backend.memory` or `tinylora.lora.apply_lora`
-must be a module or an attribute reached without the old 0.1 paths that
-_moved.py keeps alive (the old `hf` module still imports, with a warning, but is stale).
+must be a module or an attribute reached from `tinylora` (a module path of tinylora 0.1
+that moved since is neither).
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ def _texts() -> tuple:
     """(path, prose) for the README files and the docstrings + comments of every scanned .py file."""
     texts = [(readme, readme.read_text(encoding="utf-8")) for readme in [ROOT / "README.md", *sorted(ROOT.glob("*/**/README.md"))]]
     for folder in ("tinylora", "tests", "benchmarks"):
-        texts += [(p, _prose_of_python(p)) for p in sorted((ROOT / folder).rglob("*.py")) if p.name != "_moved.py"]
+        texts += [(p, _prose_of_python(p)) for p in sorted((ROOT / folder).rglob("*.py"))]
     return tuple(texts)
 
 
@@ -76,28 +75,20 @@ def test_every_file_named_in_docs_exists():
 
 
 def _resolves(dotted: str) -> bool:
-    """Is `dotted` an attribute path from `tinylora`, importing submodules but never an old (moved) path?"""
-    from tinylora._moved import new_name
-
+    """Is `dotted` a module or an attribute path from `tinylora` (importing submodules on the way)?"""
     parts = dotted.split(".")
     obj, name = importlib.import_module("tinylora"), "tinylora"
     for part in parts[1:]:
         name += "." + part
-        moved = new_name(name) is not None
-        if not moved:
-            try:
-                obj = importlib.import_module(name)  # a submodule wins over a same-named attribute
-                continue
-            except ImportError:
-                pass
+        try:
+            obj = importlib.import_module(name)  # a submodule wins over a same-named attribute
+            continue
+        except ImportError:
+            pass
         obj = getattr(obj, part, None)
-        if obj is None or (moved and _is_module(obj)):
-            return False  # missing, or an old path (tinylora.tensor the *function* is fine)
+        if obj is None:
+            return False
     return True
-
-
-def _is_module(obj) -> bool:
-    return type(obj).__name__ == "module"
 
 
 def test_every_module_named_in_docs_exists():
@@ -114,7 +105,7 @@ def test_the_scan_finds_the_names_it_should():
     # guards the regular expression: these names are in the README and in autograd.py's docstring
     readme = set(FILE_NAME.findall((ROOT / "README.md").read_text(encoding="utf-8")))
     assert {"tinylora/engine/autograd.py", "tinylora/lora/layer.py"} <= readme
-    assert "graph_memory.py" in FILE_NAME.findall(_prose_of_python(ROOT / "tinylora/engine/autograd.py"))
+    assert "backend/memory.py" in FILE_NAME.findall(_prose_of_python(ROOT / "tinylora/engine/autograd.py"))
     assert not any(f.endswith("/no_such_file.py") for f in _repo_files())
     assert _resolves("tinylora.engine.backend.memory") and _resolves("tinylora.tensor")
     assert not _resolves("tinylora.hf.load_gpt2") and not _resolves("tinylora.no_such_module")

@@ -66,3 +66,10 @@ def test_no_op_keeps_its_math_in_comments():
     for path in Path(ops_package.__file__).parent.glob("*.py"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not line.strip().startswith(("# forward:", "# backward:")), f"{path.name}:{number}: {line.strip()}"
+
+
+def test_functional_re_exports_the_engines_op_namespace():
+    """Tensor's methods call the ops through tinylora.engine.ops (the engine imports nothing above it);
+    tinylora.functional hands users the very same functions."""
+    assert set(ops_package.__all__) == set(F.__all__) | set(F.SHADOWS_A_BUILTIN)
+    assert all(getattr(F, name) is getattr(ops_package, name) for name in ops_package.__all__)

@@ -1,6 +1,8 @@
-"""The mechanisms behind speed and GPU-readiness (engine/backend: allocator.py, threads.py, fake.py).
+"""The mechanisms behind speed and GPU-readiness (engine/backend: tuning.py, allocator.py, threads.py, fake.py).
 
-- the allocator setting is on by default, off with TINYLORA_ALLOCATOR=system, and a wrong value is an error;
+- importing tinylora changes nothing outside it (no mallopt, no BLAS thread count, no read of /proc);
+  tune_for_training() (which train() calls) switches the allocator and the thread choice on, once;
+- the allocator setting is on once tuned, off with TINYLORA_ALLOCATOR=system, and a wrong value is an error;
 - a small product runs on one thread, a large one on at most the user's limit and the free cores, and
   the thread count never changes a product's value beyond float rounding; a stack of transposed matrices
   copied to row-major first is the same product, and attention's gradients through it pass the float64
@@ -22,27 +24,86 @@ import pytest
 import tinylora
 import tinylora.functional as F
 from tinylora.engine.backend import fake, get_device, scatter_add, threads, to_host
+from tinylora.engine.kernels import matmul as fast_matmul
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _setting_in_fresh_process(**env) -> subprocess.CompletedProcess:
-    code = "import tinylora.engine.backend.allocator as a; print(a.setting)"
+def _fresh_process(code: str, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "TINYLORA_ALLOCATOR"}
     return subprocess.run([sys.executable, "-c", code], env=dict(clean, PYTHONPATH=ROOT, **env),
                           capture_output=True, text=True)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
-def test_allocator_keeps_freed_memory_by_default_and_not_when_told():
-    assert _setting_in_fresh_process().stdout.strip() == "keep"
-    assert _setting_in_fresh_process(TINYLORA_ALLOCATOR="system").stdout.strip() == "system"
-    assert _setting_in_fresh_process(MALLOC_ARENA_MAX="2").stdout.strip() == "environment"  # the user's glibc settings win
-    wrong = _setting_in_fresh_process(TINYLORA_ALLOCATOR="fast")
-    assert wrong.returncode != 0 and "TINYLORA_ALLOCATOR" in wrong.stderr
+def _setting_in_fresh_process(**env) -> subprocess.CompletedProcess:
+    return _fresh_process("import tinylora.engine.backend as b; b.tune_for_training(); b.tune_for_training(); "
+                          "print(b.allocator.setting)", **env)
 
 
-def test_small_products_get_one_thread_and_large_ones_at_most_the_limit():
+# Records, from the moment `watching` is set, every ctypes symbol looked up (mallopt is one), every file
+# opened under /proc, and the BLAS libraries' thread counts before and after.
+_WATCH = """
+import sys, numpy
+from threadpoolctl import threadpool_info
+blas_before = [i["num_threads"] for i in threadpool_info()]
+seen, watching = [], [True]
+def hook(event, args):
+    if watching[0] and (event == "ctypes.dlsym" or (event == "open" and str(args[0]).startswith("/proc"))):
+        seen.append(f"{event} {args[-1] if event == 'ctypes.dlsym' else args[0]}")
+sys.addaudithook(hook)
+"""
+
+
+def test_importing_tinylora_changes_nothing_outside_it():
+    code = _WATCH + """
+import tinylora, tinylora.functional, tinylora.optim, tinylora.train
+watching[0] = False
+from tinylora.engine.backend import allocator, threads, tuned
+print(seen, allocator.setting, tuned(), threads._tuned)
+print(blas_before == [i["num_threads"] for i in threadpool_info()])
+"""
+    out = _fresh_process(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[] system False False", "True"], out.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's, /proc/stat Linux's")
+def test_train_switches_the_tuning_on_and_a_plain_product_does_not():
+    code = _WATCH + """
+import numpy as np
+import tinylora
+from tinylora.data import TextDataset
+from tinylora.engine.backend import allocator, tuned
+from tinylora.train import TrainConfig, train
+x = tinylora.randn(64, 64)
+y = x @ x  # a product outside training: no tuning
+print(seen, tuned())
+model = tinylora.GPT(tinylora.GPTConfig.tiny(vocab_size=16, block_size=8, n_embd=16))
+data = TextDataset(np.arange(64) % 16, block_size=8)
+train(model, data, config=TrainConfig(max_steps=1, batch_size=2, progress=False))
+print(any("mallopt" in s for s in seen), any("/proc/stat" in s for s in seen), tuned(), allocator.setting)
+"""
+    out = _fresh_process(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[] False", "True True True keep"], out.stdout
+
+
+def test_the_tinylora_command_switches_the_tuning_on():
+    """`tinylora ...` trains and generates: its entry point calls tune_for_training() before the command runs."""
+    code = """
+from tinylora.cli import main
+from tinylora.engine.backend import tuned
+before = tuned()
+main(["info", "--model", "tiny"])
+print(before, tuned())
+"""
+    out = _fresh_process(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "False True", out.stdout
+
+
+def test_small_products_get_one_thread_and_large_ones_at_most_the_limit(monkeypatch):
+    monkeypatch.setattr(threads, "_tuned", True)
     assert threads.threads_for(threads.SMALL_FLOPS / 2) == 1
     before = threads.get_num_threads()
     try:
@@ -81,8 +142,8 @@ def test_the_thread_count_does_not_change_a_product():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((30, 20)), rng.standard_normal((20, 25))  # 30 kFLOP: one thread
     big_a, big_b = rng.standard_normal((1200, 1000)), rng.standard_normal((1000, 1300))  # 3.1 GFLOP: threaded
-    np.testing.assert_allclose(threads.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(threads.matmul(big_a, big_b), big_a @ big_b, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fast_matmul.product(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fast_matmul.product(big_a, big_b), big_a @ big_b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("shape_a, shape_b", [((5, 3, 4, 6), (5, 3, 6, 2)), ((4, 6), (5, 3, 6, 2)), ((1, 3, 4, 6), (3, 6, 2))])
@@ -91,7 +152,7 @@ def test_a_stack_of_transposed_matrices_copied_first_is_the_same_product(shape_a
     a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
     transposed = np.ascontiguousarray(b.swapaxes(-1, -2)).swapaxes(-1, -2)  # b's values, column-major matrices
     assert transposed.strides[-2] == transposed.itemsize  # the layout the copy is for
-    np.testing.assert_allclose(threads.matmul(a, transposed), a @ b, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(fast_matmul.product(a, transposed), a @ b, rtol=1e-13, atol=1e-13)
 
 
 def _attention(q, k, v):
@@ -111,7 +172,7 @@ def test_attention_gradients_with_the_copy_pass_gradcheck_and_equal_the_plain_pa
     upstream = tinylora.tensor(random_array(shape, seed=9), dtype="float64")
     results = {}
     for copy in (False, True):
-        monkeypatch.setattr(threads, "_copy_transposed_stacks", copy)
+        monkeypatch.setattr(fast_matmul, "copy_transposed_stacks", copy)
         for t in inputs:
             t.grad = None
         y = _attention(*inputs)

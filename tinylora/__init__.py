@@ -11,7 +11,7 @@ The names a student needs first:
     tinylora.lora                        LoRALinear, apply_lora, merge_lora, ...
 """
 
-from tinylora import _moved, functional, lora, nn, optim
+from tinylora import functional, lora, nn, optim
 from tinylora.engine import backend
 from tinylora.engine.autograd import is_grad_enabled, no_grad
 from tinylora.engine.backend import get_device as device
@@ -20,10 +20,7 @@ from tinylora.engine.backend.threads import get_num_threads, set_num_threads
 from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.engine.random import manual_seed
 from tinylora.engine.tensor import Tensor, arange, float32, float64, int64, ones, randn, tensor, zeros
-
-__version__ = "0.2.0"
-
-_moved.install()  # the 0.1 module paths (listed in _moved.py) still import, with a warning
+from tinylora.version import __version__
 
 __all__ = [
     "GPT", "GPTConfig", "Tensor", "arange", "backend", "device", "float32", "float64", "functional", "get_num_threads", "int64",

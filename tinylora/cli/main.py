@@ -37,7 +37,7 @@ COMMANDS = ("demo", "pretrain", "finetune", "generate", "merge", "evaluate", "in
 
 
 def build_parser() -> Parser:
-    from tinylora import __version__
+    from tinylora.version import __version__
 
     parser = Parser(prog="tinylora", description="LoRA from scratch: train, adapt, merge, measure.")
     parser.add_argument("--version", action="version", version=f"tinylora {__version__}")
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line, recorded in what pretrain writes
+    from tinylora.engine.backend import tune_for_training
+
+    tune_for_training()  # the command trains and generates: the allocator and thread settings for speed
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line  # one line each, not Python's two with the source line

@@ -5,8 +5,12 @@ Each task names functions by file and qualified name; `tinylora course release` 
 The reference code carries no markers: this file is the only place that says what a student writes.
 
 A task's tests are the tests in tests/course/ marked `aN_taskM` (e.g. `@pytest.mark.a1_task2`). `needs` lists
-earlier tasks of the same assignment whose code the task's tests also run (a student does those first): the
-course check solves them before it checks that this task's tests fail with this task's own message.
+earlier tasks of the same assignment whose code the task's tests also run (a student does those first): CI
+checks that the task plus its needs, and nothing else of the assignment, reaches full marks.
+
+A release of AN stubs AN and every later assignment, except the later tasks AN's tests run (`keeps`: A1's
+op backwards need A2's engine to run at all). `copies` names fast paths that compute a task's answer
+elsewhere in the tree; they are stubbed with the task.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Task:
     functions: tuple  # ((path from the repository root, qualified name), ...)
     text: str  # what to write: ends up in the NotImplementedError and in the handout
     needs: tuple = ()  # numbers of earlier tasks whose code this task's tests call
+    copies: tuple = ()  # fast paths elsewhere that compute this task's answer: stubbed with it in a release
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Assignment:
     notebook: str  # the handout, from the repository root
     tests: str  # the tests of every task, from the repository root
     tasks: tuple
+    keeps: tuple = ()  # (assignment, task) of later assignments whose code these tests run: not stubbed
 
     def task(self, number: int) -> Task:
         for task in self.tasks:
@@ -59,7 +65,7 @@ A1 = Assignment(
              "backward of a * b and a / b with broadcasting (use unbroadcast)", needs=(1,)),
         Task(4, "matmul", ((f"{OPS}/matmul.py", "MatMul.backward"),),
              "backward of a @ b: da = dy @ b^T, db = a^T @ dy, batched and broadcast", needs=(1,)),
-    ))
+    ), keeps=(("A2", 1), ("A2", 2), ("A2", 3), ("A2", 4)))
 
 AUTOGRAD = "tinylora/engine/autograd.py"
 
@@ -85,7 +91,8 @@ A3 = Assignment(
         Task(2, "cross-entropy", ((f"{OPS}/loss.py", "CrossEntropy.backward"),),
              "backward of mean cross-entropy: (softmax - onehot) / N on kept rows, 0 on ignored ones"),
         Task(3, "layer norm", ((f"{OPS}/layer_norm.py", "LayerNorm.backward"),),
-             "backward of layer norm for x, weight and bias from xhat and rstd"),
+             "backward of layer norm for x, weight and bias from xhat and rstd",
+             copies=(("tinylora/engine/kernels/layer_norm.py", "backward_input"),)),
     ))
 
 GPT = "tinylora/model/gpt.py"

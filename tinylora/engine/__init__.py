@@ -1,10 +1,10 @@
 """The autograd engine: read it first, in this order.
 
     tensor.py        Tensor: an array, its dtype and device, and the node that made it
-    autograd.py      Function (one op node), apply, the topological sort and backward: all in one file
+    autograd.py      Function (one op node), apply, the topological sort, backward and the writing of
+                     each leaf's `.grad`: all in one file
     ops/             one small Function subclass per op, its math in the class docstring
                      (called through tinylora.functional, the one op namespace)
-    graph_memory.py  what autograd does for memory accounting only (skip it at first)
     backend/         where arrays live (NumPy on the CPU, CuPy on a GPU) and how many bytes they take
     random.py        seeded random numbers on the host and the device
 

@@ -10,16 +10,16 @@ That is where LoRA's memory saving comes from.
 
 `backward()` visits nodes in reverse topological order (an explicit stack: no
 recursion limit), hands each dL/d(its output), then releases it (a second
-backward through it is an error). Only leaves get `.grad`, and it accumulates.
-Lines marked `# memory:` only count bytes or free them early (graph_memory.py:
-a reader may skip it).
+backward through it is an error). Only leaves get `.grad`, and it accumulates
+(`_write_leaf_grads`, the last step). Lines marked `# memory:` are one call each
+into backend/memory.py, which only counts bytes: a reader may skip them.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from tinylora.engine import graph_memory
+from tinylora.engine.backend import memory
 
 _grad_enabled = True
 
@@ -57,7 +57,7 @@ class Function:
         self.freed = False
 
     def save_for_backward(self, *arrays):
-        graph_memory.hold(arrays)  # memory: counted as 'saved' until released
+        memory.hold_for_backward(arrays)  # memory: counted as 'saved' until released
         self.saved = arrays
 
     def forward(self, *arrays, **options):
@@ -68,12 +68,12 @@ class Function:
 
     def release(self):
         """Drop what backward needed; called as soon as backward has passed this node."""
-        graph_memory.let_go(self.saved)  # memory: no longer counted as 'saved'
+        memory.drop_for_backward(self.saved)  # memory: no longer counted as 'saved'
         self.saved, self.parents, self.freed = (), (), True
 
     def __del__(self):
-        if self.saved and graph_memory is not None:  # (None only at interpreter shutdown)
-            graph_memory.let_go(self.saved)  # memory: a graph dropped without backward stops counting too
+        if self.saved and memory is not None:  # (None only at interpreter shutdown)
+            memory.drop_for_backward(self.saved)  # memory: a graph dropped without backward stops counting too
 
     @classmethod
     def apply(cls, *inputs, **options):
@@ -130,7 +130,7 @@ def backward(tensor, grad) -> None:
             if out_grad is not None:
                 _send_to_inputs(node, node.backward(out_grad), pending, leaf_grads)
             node.release()  # memory: its saved arrays and links go now, not after the pass (and it is marked used)
-    graph_memory.write_leaf_grads(leaf_grads.values())
+    _write_leaf_grads(leaf_grads.values())
 
 
 def _send_to_inputs(node, input_grads, pending, leaf_grads) -> None:
@@ -146,3 +146,28 @@ def _send_to_inputs(node, input_grads, pending, leaf_grads) -> None:
         else:
             previous = leaf_grads.get(id(parent))
             leaf_grads[id(parent)] = (parent, g if previous is None else previous[1] + g)
+
+
+def _write_leaf_grads(pairs) -> None:
+    """leaf.grad += dL/d(leaf) for each (leaf, gradient) pair (PyTorch semantics: gradients accumulate).
+
+    A leaf's first `.grad` gets a buffer of its own (a copy) when the gradient array
+    - was already given to another leaf in this pass (Add hands one upstream array to both
+      inputs): optimizers and clipping change `.grad` in place, so one leaf's update would
+      silently change the other's;
+    - is a view of another array (Sum's backward is a broadcast view): a view keeps its whole
+      base alive, and a broadcast view is read-only;
+    - has another dtype than the leaf.
+    """
+    from tinylora.engine.tensor import Tensor
+
+    given = set()  # ids of the arrays already given to a leaf (each owns its data, so its id names its buffer)
+    for leaf, g in pairs:
+        if leaf.grad is not None:
+            leaf.grad.data += g  # accumulate into the existing buffer
+            continue
+        if id(g) in given or not g.flags.owndata or g.dtype != leaf.dtype:
+            g = g.astype(leaf.dtype, copy=True)
+        given.add(id(g))
+        leaf.grad = Tensor(g, device=leaf.device)
+        memory.track(g, "gradients")  # memory: counted as 'gradients' from now on

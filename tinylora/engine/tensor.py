@@ -385,4 +385,4 @@ def arange(*args, device=None, dtype=None) -> Tensor:
     return Tensor(data, device=dev)
 
 
-from tinylora import functional as F  # noqa: E402  (the ops need Tensor defined first)
+from tinylora.engine import ops as F  # noqa: E402  (the ops need Tensor defined first; F as in tinylora.functional)

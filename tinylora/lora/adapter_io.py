@@ -111,7 +111,7 @@ def _bias_mode(model, trainable: set) -> str:
 
 def adapter_config(model) -> dict:
     """The adapter_config.json content describing `model`'s LoRA layers and the base they sit on."""
-    from tinylora import __version__  # here, not at the top: tinylora/__init__.py imports this package
+    from tinylora.version import __version__
 
     layers_by_name = dict(lora_layers(model))
     modules = {name: _module_settings(layer) for name, layer in layers_by_name.items()}

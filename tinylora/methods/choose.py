@@ -105,7 +105,7 @@ def _adapter_tensors(model) -> dict:
 
 def save_method_adapter(model, path, method: str, settings: dict) -> None:
     """Write path/adapter.safetensors and path/adapter_config.json (see the module docstring)."""
-    from tinylora import __version__
+    from tinylora.version import __version__
 
     if any(layer.merged for _, layer in [*lora_layers(model), *glora_layers(model)]):
         raise ValueError("save_method_adapter: unmerge first (merged layers hold the update inside W0)")

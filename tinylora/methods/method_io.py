@@ -46,7 +46,7 @@ MERGEABLE = ("full", "top", "bitfit")  # these only change existing weights: the
 
 def save_method(model, path) -> None:
     """Write `path`/method.safetensors (the trainable parameters) and `path`/method_config.json."""
-    from tinylora import __version__
+    from tinylora.version import __version__
 
     recorded = getattr(model, "finetune_method", None)
     if recorded is None:

@@ -20,13 +20,13 @@ decay every parameter, as torch.optim.AdamW does.
 With LoRA, A and B are matrices, so they are decayed either way.
 
 State per trainable parameter: m and v (same shape as θ) and the step count t.
-Everything is updated in place with the help of one shared work buffer (on NumPy and CuPy
-arrays the same lines run block by block, in engine/kernels/adam.py).
+The lines of `adam_update` are the four equations above as plain array expressions.
+With the fast paths on (the default) the same step runs in place, block by block, with one shared
+work buffer (engine/kernels/adam.py; on a GPU one fused kernel): the same numbers up to rounding.
+TINYLORA_KERNELS=0 runs the lines below; tests/test_optim.py runs both.
 """
 
 from __future__ import annotations
-
-import math
 
 from tinylora.engine import kernels
 from tinylora.engine.kernels import adam as fast
@@ -54,43 +54,27 @@ class Adam(Optimizer):
                     self.update(p, group)
 
     def update(self, p, group: dict) -> None:
-        """One Adam step for one parameter, with the L2 penalty folded into the gradient."""
-        g = p.grad.data  # read only: .grad itself is never changed
-        wd = group["weight_decay"]
-        if wd:
-            g = p.device.xp.multiply(p.data, wd, out=self.scratch(p, slot=1))  # λ·θ
-            g += p.grad.data  # g + λ·θ
-        self.adam_update(p, g, group)
+        """One Adam step for one parameter, with the L2 penalty λ·θ added to its gradient."""
+        self.adam_update(p, p.grad.data, group, l2=group["weight_decay"])
 
-    def adam_update(self, p, g, group: dict) -> None:
-        """θ ← θ − lr · m̂ / (√v̂ + ε), in place, for one parameter with gradient array `g`."""
+    def adam_update(self, p, g, group: dict, l2: float = 0.0) -> None:
+        """θ ← θ − lr · m̂ / (√v̂ + ε) for one parameter with gradient array `g` (read only; plus l2·θ if l2)."""
         xp = p.device.xp
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         s = self.state_for(p, step=lambda: 0, m=lambda: xp.zeros_like(p.data), v=lambda: xp.zeros_like(p.data))
         s["step"] += 1
         t, m, v = s["step"], s["m"], s["v"]
-        c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
-        if kernels.use(p.data, g, m, v):  # the lines below, block by block (engine/kernels/adam.py)
-            fast.update(xp, p.data, g, m, v, beta1, beta2, eps, lr / c1, math.sqrt(c2))
+        if kernels.use(p.data, g, m, v):  # the same step in place, block by block (engine/kernels/adam.py)
+            l2_buf = self.scratch(p, slot=1) if l2 else None
+            fast.update(xp, p.data, g, m, v, self.scratch(p), beta1, beta2, eps, lr, t, l2, l2_buf)
             return
-        buf = self.scratch(p)  # work buffer shaped like θ
+        if l2:
+            g = g + l2 * p.data  # g ← g + λ·θ (Adam's L2 penalty)
 
-        m *= beta1
-        xp.multiply(g, 1.0 - beta1, out=buf)
-        m += buf  # m ← β1·m + (1 − β1)·g
-
-        v *= beta2
-        xp.multiply(g, g, out=buf)
-        buf *= 1.0 - beta2
-        v += buf  # v ← β2·v + (1 − β2)·g²
-
-        # m̂ / (√v̂ + ε) with m̂ = m / c1, v̂ = v / c2, computed as (m / c1) / (√v / √c2 + ε)
-        xp.sqrt(v, out=buf)
-        buf /= math.sqrt(c2)
-        buf += eps  # √v̂ + ε
-        xp.divide(m, buf, out=buf)
-        buf *= lr / c1  # lr · m̂ / (√v̂ + ε)
-        p.data -= buf
+        m[...] = beta1 * m + (1 - beta1) * g  # m ← β1·m + (1 − β1)·g
+        v[...] = beta2 * v + (1 - beta2) * g**2  # v ← β2·v + (1 − β2)·g²
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)  # bias correction
+        p.data -= lr * m_hat / (xp.sqrt(v_hat) + eps)  # θ ← θ − lr · m̂ / (√v̂ + ε)
 
 
 class AdamW(Adam):

@@ -1,21 +1,33 @@
-"""Generation quality the way the LoRA paper reports E2E (Table 3): greedy completions scored by BLEU and ROUGE-L.
+"""Generation quality the way the E2E NLG challenge scores it (the LoRA paper's Table 3): greedy completions
+scored by BLEU and ROUGE-L.
 
     refs = references_by_prompt(read_pairs("val.csv"))     [(prompt, [ref, ref, ...]), ...]
     hyps = [complete(model, tokenizer, p) for p, _ in refs]  greedy decoding until <|endoftext|>
-    score(hyps, [r for _, r in refs])                        {"bleu": ..., "rouge_l": ...}
+    score(hyps, [r for _, r in refs])                        {"bleu": ..., "rouge_l": ..., "metrics": ...}
 
 An E2E meaning representation has several human references (the CSV repeats the `mr` on
-several rows); both metrics compare a completion with all of them:
+several rows); both metrics compare a completion with all of them, as the challenge's script does:
 
-    BLEU     sacrebleu's corpus BLEU (0-100) with every reference of a prompt (Papineni et al. 2002;
-             the E2E challenge's own scripts compute multi-reference BLEU the same way)
-    ROUGE-L  rouge-score's ROUGE-L F-measure (0-100), the best over a prompt's references, averaged
-             over prompts (the E2E metrics take the max over references too)
+    BLEU     corpus BLEU-4 (0-100) with every reference of a prompt, on lowercased text: sacrebleu's
+             corpus_bleu(..., lowercase=True) with its default 13a tokenizer, which reproduces the
+             challenge's mteval-v13a BLEU (the script lowercases both sides; case-sensitive BLEU
+             reads about 0.7 lower on typical outputs)
+    ROUGE-L  the challenge's form: for one output, the longest common subsequence (LCS) with each
+             reference j gives precision P_j = LCS / len(output) and recall R_j = LCS / len(ref_j);
+             with P = max_j P_j and R = max_j R_j (each maximised on its own),
 
-The metrics come from sacrebleu and rouge-score (`pip install tinylora[metrics]`), never computed
-by hand here. Decoding is greedy (the paper uses beam search, beam 10, for its Table 3; greedy is
-what tinylora.model.generate offers and keeps the comparison between methods fair).
-A model with prefix-tuning tokens gets them around each prompt (tinylora.methods.prefix.prompt_ids).
+                 ROUGE-L = (1 + β²) P R / (R + β² P),   β = 1.2   (0 when P or R is 0)
+
+             averaged over outputs, × 100. Words are lowercased and split on white space with
+             punctuation dropped, which approximates the challenge's PTB tokenizer (a Java program,
+             not used here); rouge-score's best-F1-with-stemming, which reads 2-3 points higher,
+             is not this metric.
+
+BLEU comes from sacrebleu (`pip install sacrebleu`, or `pip install 'tinylora[metrics]'`);
+ROUGE-L is computed here (rouge_l below). Decoding is greedy (the paper uses beam search, beam 10,
+for its Table 3; greedy is what tinylora.model.generate offers and keeps the comparison between
+methods fair). A model with prefix-tuning tokens gets them around each prompt
+(tinylora.methods.prefix.prompt_ids).
 """
 
 from __future__ import annotations
@@ -46,28 +58,100 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 128) -> str:
     return text.split("<|endoftext|>")[0].strip()
 
 
-def score(hypotheses, references) -> dict:
-    """{"bleu", "rouge_l"} (both 0-100) of `hypotheses` (n strings) against `references` (n lists of strings)."""
+METRICS = {
+    "bleu": "corpus BLEU-4, lowercased, 13a tokens, all references of a prompt (sacrebleu, lowercase=True)",
+    "rouge_l": "ROUGE-L F(beta=1.2) of the best LCS precision and best LCS recall over references, "
+               "lowercased words without punctuation, mean over outputs",
+}
+ROUGE_BETA = 1.2
+PUNCTUATION = ".,!?;:'\"`()[]{}"
+
+
+def require_sacrebleu():
+    """The sacrebleu module, or one RuntimeError line saying what to install."""
     try:
         import sacrebleu
-        from rouge_score import rouge_scorer
-    except ImportError as err:
-        raise ImportError(f"BLEU and ROUGE-L need sacrebleu and rouge-score: pip install 'tinylora[metrics]' ({err})")
-    if len(hypotheses) != len(references) or not hypotheses:
-        raise ValueError(f"score: {len(hypotheses)} hypotheses for {len(references)} reference lists")
+    except ImportError:
+        raise RuntimeError("BLEU needs sacrebleu, which is not installed: pip install sacrebleu "
+                           "(or pip install 'tinylora[metrics]')") from None
+    return sacrebleu
+
+
+def bleu(hypotheses, references) -> float:
+    """Corpus BLEU (0-100) of n hypotheses against n lists of references, lowercased as the E2E script does.
+
+    sacrebleu takes references as streams (stream i holds every prompt's i-th reference); a prompt
+    with fewer references than the most has None in the streams it lacks, which sacrebleu skips.
+    """
+    sacrebleu = require_sacrebleu()
     n_refs = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(n_refs)]
-    bleu = sacrebleu.corpus_bleu(list(hypotheses), streams).score
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [max(scorer.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for hyp, refs in zip(hypotheses, references)]
-    return {"bleu": float(bleu), "rouge_l": 100.0 * float(np.mean(rouge))}
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams, lowercase=True).score)
+
+
+def rouge_words(text: str) -> list[str]:
+    """Lowercased words split on white space, punctuation stripped off their ends, empty ones dropped."""
+    words = (w.strip(PUNCTUATION) for w in text.lower().split())
+    return [w for w in words if w]
+
+
+def lcs_length(a: list, b: list) -> int:
+    """Length of the longest common subsequence of a and b (dynamic programming, one row at a time)."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l_one(hypothesis: str, references: list[str], beta: float = ROUGE_BETA) -> float:
+    """The challenge's ROUGE-L (0-1) of one output: F_beta of the best precision and the best recall."""
+    hyp = rouge_words(hypothesis)
+    precision = recall = 0.0
+    for ref in map(rouge_words, references):
+        common = lcs_length(hyp, ref)
+        if hyp and ref:
+            precision, recall = max(precision, common / len(hyp)), max(recall, common / len(ref))
+    if precision == 0 or recall == 0:
+        return 0.0
+    return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+
+
+def rouge_l(hypotheses, references) -> float:
+    """Mean ROUGE-L (0-100) of n outputs against n lists of references (rouge_l_one)."""
+    return 100.0 * float(np.mean([rouge_l_one(h, refs) for h, refs in zip(hypotheses, references)]))
+
+
+def score(hypotheses, references) -> dict:
+    """{"bleu", "rouge_l"} (both 0-100) of `hypotheses` (n strings) against `references` (n lists of
+    strings), and "metrics", what each number is (METRICS)."""
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"score: {len(hypotheses)} hypotheses for {len(references)} reference lists")
+    if any(not refs for refs in references):
+        raise ValueError("score: a prompt has no reference; every prompt needs at least one")
+    return {"bleu": bleu(hypotheses, references), "rouge_l": rouge_l(hypotheses, references), "metrics": METRICS}
+
+
+def model_record(model) -> dict:
+    """What identifies the model that was scored: its shape, parameter count, and the SHA-256 of its weights
+    other than LoRA's A and B (the base a LoRA adapter sits on; tinylora.lora.adapter_io.weights_sha256)."""
+    from tinylora.lora.adapter_io import weights_sha256
+
+    config = getattr(model, "config", None)
+    shape = {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+             if hasattr(config, k)}
+    return {"shape": shape, "parameters": int(model.num_parameters()), "weights_sha256_without_lora": weights_sha256(model)}
 
 
 def evaluate_generation(model, tokenizer, pairs, max_prompts: int | None = None, max_new_tokens: int = 128) -> dict:
-    """Greedy completions of the (first `max_prompts`) prompts of `pairs`, scored; returns scores and examples."""
+    """Greedy completions of the (first `max_prompts`) prompts of `pairs`, scored; returns the scores, the
+    model scored (model_record), the decoding settings and every completion with its references."""
+    require_sacrebleu()  # before generating, not after
     refs = references_by_prompt(pairs)[:max_prompts]
     hyps = [complete(model, tokenizer, prompt, max_new_tokens) for prompt, _ in refs]
     result = score(hyps, [r for _, r in refs])
-    result.update({"prompts": len(refs), "decoding": "greedy", "max_new_tokens": max_new_tokens,
+    result.update({"model": model_record(model), "prompts": len(refs), "decoding": "greedy", "max_new_tokens": max_new_tokens,
                    "examples": [{"prompt": p, "completion": h, "references": r} for (p, r), h in zip(refs, hyps)]})
     return result

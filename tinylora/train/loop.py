@@ -13,9 +13,11 @@ gradient for W0. Everything else is shared, and `train()` reads as:
         every eval_every steps: validation loss;  log the row;  every checkpoint_every steps: a checkpoint
 
 Batches depend only on (seed, step), and checkpoints hold the optimizer,
-scheduler and RNG state, so a run resumed from a checkpoint ends with exactly
-the weights of a run that was never interrupted. A resume is refused if any
-setting that changes the result differs from the checkpoint's (check_same_run).
+scheduler and RNG state and the run's thread plan (how many threads each matrix
+product gets, fixed for the whole run: engine/backend/threads.py), so a run
+resumed from a checkpoint ends with exactly the weights of a run that was never
+interrupted, whatever the machine's load. A resume is refused if any setting
+that changes the result differs from the checkpoint's (check_same_run).
 
 Nothing non-finite is ever applied or saved: a step whose loss or gradient norm
 is NaN/inf is not applied, and training stops (NonFiniteError) with the run
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tinylora.train import distributed
-from tinylora.engine.backend import memory, synchronize
+from tinylora.engine.backend import memory, synchronize, threads, tune_for_training
 from tinylora.engine.tensor import tensor
 from tinylora.io import NonFiniteError, read_json, write_json_atomic
 from tinylora.nn.module import evaluating
@@ -243,6 +245,15 @@ def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, 
     return 0
 
 
+def saved_thread_plan(run_dir, start: int) -> dict | None:
+    """The thread plan recorded by the checkpoint a run resumes from (None: a new run, or an older
+    checkpoint that recorded none; then the plan is measured afresh)."""
+    if not run_dir or start == 0:
+        return None
+    extra = read_json(os.path.join(ckpt.latest_checkpoint(run_dir), "state.json"))["extra"]
+    return extra.get("threads")
+
+
 # ------------------------------------------------------------------ one step
 def train_step(model, batch, optimizer, scheduler, trainable, config: TrainConfig, step: int, dp=None,
                extra_loss=None, after_step=None) -> dict:
@@ -318,6 +329,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     Raises NonFiniteError (one line, the run folder intact) when a step's loss or gradient is NaN/inf.
     """
     config = config or TrainConfig()
+    tune_for_training()  # the allocator and thread settings for training, once per process (engine/backend/tuning.py)
     dp = distributed.current()  # one process, or one rank of `mpiexec -n N`
     optimizer, scheduler = make_optimizer(model, config, param_groups)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -326,6 +338,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     record = run_record(config, setup)
 
     start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp, method_state)
+    plan = threads.fix_plan(saved_thread_plan(run_dir, start))  # each product's thread count, fixed for the run
+    saved_extra = {"run": record, "ranks": dp.size, "threads": plan}
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
     progress = _Progress(config, start) if dp.is_writer else None
     hooks = {"dp": dp, "extra_loss": extra_loss, "after_step": after_step}
@@ -346,22 +360,21 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
                 progress.update(row)
             result.history.append(row)
             if run_dir and dp.is_writer and config.checkpoint_every and row["step"] % config.checkpoint_every == 0:
-                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler,
-                                     {"run": record, "ranks": dp.size}, method_state)
+                ckpt.save_checkpoint(run_dir, row["step"], model, optimizer, scheduler, saved_extra, method_state)
+        stats = memory.stats()
+        result.peak_bytes, result.peak_split = stats["peak"], stats["peak_split"]
+        result.val_loss_after = evaluate(model, val) if val else None
     except NonFiniteError as err:
         raise _stopped(err, run_dir, config) from None
     finally:
+        threads.release_plan()  # products follow the load again
         if progress is not None:
             progress.close()
 
-    stats = memory.stats()
-    result.peak_bytes, result.peak_split = stats["peak"], stats["peak_split"]
-    result.val_loss_after = evaluate(model, val) if val else None
     if run_dir and dp.is_writer:
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there
         if trained and (not config.checkpoint_every or config.max_steps % config.checkpoint_every):
-            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler,
-                                 {"run": record, "ranks": dp.size}, method_state)
+            ckpt.save_checkpoint(run_dir, config.max_steps, model, optimizer, scheduler, saved_extra, method_state)
         from tinylora.train.plot import plot_losses
 
         plot_losses(os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "loss.png"))

@@ -1,10 +1,12 @@
 """The one place where tinylora meets NumPy and CuPy.
 
 Tensor code asks a tensor for `t.device.xp` (the array module) instead of
-importing numpy; see `device.py`. Memory accounting lives in `memory.py`; the host allocator setting in `allocator.py`.
+importing numpy; see `device.py`. Memory accounting lives in `memory.py`. Importing it changes nothing
+outside tinylora: the allocator setting (`allocator.py`) and the thread choice (`threads.py`) are
+switched on by `tune_for_training()` (`tuning.py`), which training and the benchmarks call.
 """
 
-from tinylora.engine.backend import allocator, memory
+from tinylora.engine.backend import allocator, memory, threads
 from tinylora.engine.backend.device import (
     Device,
     default_device_name,
@@ -18,8 +20,7 @@ from tinylora.engine.backend.device import (
     synchronize,
     to_host,
 )
-
-allocator.configure_from_env()  # glibc keeps freed memory for reuse unless TINYLORA_ALLOCATOR=system
+from tinylora.engine.backend.tuning import tune_for_training, tuned
 
 __all__ = [
     "allocator",
@@ -34,5 +35,8 @@ __all__ = [
     "scatter_add",
     "set_default_device",
     "synchronize",
+    "threads",
     "to_host",
+    "tune_for_training",
+    "tuned",
 ]

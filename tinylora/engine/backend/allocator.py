@@ -12,8 +12,9 @@ so step 2 reuses step 1's pages. The peak resident memory stays the same (it
 is the peak either way); what changes is that the process keeps it between
 steps, as PyTorch's caching allocator does on a GPU.
 
-When it happens: `import tinylora` calls `configure_from_env()` once, before
-any model exists. Turn it off with the environment variable
+When it happens: never at import. `tune_for_training()` (tuning.py: called by
+`train()`, the `tinylora` command and the benchmarks) calls `configure_from_env()`
+once. Turn it off with the environment variable
 
     TINYLORA_ALLOCATOR=system      glibc's own defaults (freed blocks go back to the OS)
     TINYLORA_ALLOCATOR=keep        the default: keep freed memory
@@ -78,7 +79,7 @@ def use_system_allocator() -> bool:
 
 
 def configure_from_env() -> str:
-    """Apply TINYLORA_ALLOCATOR (default 'keep') once at import; returns the setting in force."""
+    """Apply TINYLORA_ALLOCATOR (default 'keep'); returns the setting in force."""
     choice = os.environ.get(ENV, "keep").strip().lower() or "keep"
     if choice not in CHOICES:
         raise ValueError(f"{ENV}={choice!r}: choose one of {', '.join(CHOICES)}")

@@ -103,18 +103,22 @@ class MemoryTracker:
             self._set(entry, 1, category)
         return array
 
-    def hold_for_backward(self, array) -> None:
-        """An op node keeps `array` for its backward pass: count it as 'saved' while held."""
-        if self.enabled and hasattr(array, "nbytes"):
-            entry = self._entry(array, "other")
-            if entry is not None:
-                self._set(entry, 2, entry[2] + 1)
+    def hold_for_backward(self, arrays) -> None:
+        """An op node keeps `arrays` (None entries skipped) for its backward pass: count each as 'saved' while held."""
+        if not self.enabled:
+            return
+        for array in arrays:
+            if hasattr(array, "nbytes"):
+                entry = self._entry(array, "other")
+                if entry is not None:
+                    self._set(entry, 2, entry[2] + 1)
 
-    def drop_for_backward(self, array) -> None:
-        """The node let go of `array` (backward passed it, or the graph was dropped)."""
-        entry = self._entries.get(id(_base_buffer(array)))
-        if entry is not None and entry[2] > 0:
-            self._set(entry, 2, entry[2] - 1)
+    def drop_for_backward(self, arrays) -> None:
+        """The node let go of `arrays` (backward passed it, or the graph was dropped): stop counting them as 'saved'."""
+        for array in arrays:
+            entry = self._entries.get(id(_base_buffer(array))) if array is not None else None
+            if entry is not None and entry[2] > 0:
+                self._set(entry, 2, entry[2] - 1)
 
     def _release(self, key: int) -> None:
         entry = self._entries.pop(key, None)

@@ -1,12 +1,17 @@
 """How many threads a matrix product (or an elementwise kernel) gets: one for a small one, the free
-cores for a large one.
+cores for a large one. Only the fast paths ask (engine/kernels/matmul.py, engine/kernels/blocks.py);
+the readable ops multiply with a plain `a @ b`.
+
+Nothing here runs at import. Until `tinylora.engine.backend.tune_for_training()` switches the choice
+on (`train()`, the `tinylora` command and the benchmarks call it), products leave the BLAS library's
+thread count alone (unless the user set a limit, below) and nothing reads /proc.
 
 Why this exists. OpenBLAS starts its threads for almost every product and, by default, as many as
 the machine has cores. On a quiet machine that is right for large products. On a busy one (a shared
 JupyterHub server, a laptop compiling something) another process holds one of the cores: the
 product's second thread waits for a time slice while the first spins waiting for it, and a product
 that takes 0.03 ms alone can take 20 ms. Small products gain little from a second thread even on a
-quiet machine. So tinylora decides per product:
+quiet machine. So, once switched on, tinylora decides per product:
 
     threads = 1                          if one matrix product has fewer than SMALL_FLOPS = 2 n k m FLOPs
     threads = min(limit, free cores)     otherwise
@@ -24,15 +29,23 @@ gets less than a whole core: rounding `cores - others` to the nearest whole numb
 threads there.
 Where /proc/stat does not exist (not Linux), every core counts as free.
 
+A training run's plan. The thread count can change a product's last bits (BLAS splits the work
+another way), so counts that followed the load product by product would make a run's weights depend
+on the load. `fix_plan()` (called by `train()`) measures the free cores once and fixes the counts for
+the run: every product of at least SMALL_FLOPS gets that count, every smaller one gets 1, whatever
+the load does later. The plan is a small dict that a checkpoint keeps and a resumed run fixes again,
+so the resumed run multiplies with the counts of the run it continues.
+
 The elementwise kernels (engine/kernels/) share their blocks among threads by the same rule, with
-SMALL_ELEMENTS numbers in place of SMALL_FLOPS (`workers_for`).
+SMALL_ELEMENTS numbers in place of SMALL_FLOPS (`workers_for`); how blocks are shared never changes a
+value, so they follow the load during a run too.
 
 The user decides the limit (the most threads tinylora ever uses):
 
     TINYLORA_THREADS=N               environment variable, read at import
     tinylora.set_num_threads(N)      at run time (None: back to the default)
 
-The default limit is the BLAS library's own thread count when tinylora starts (so the usual
+The default limit is the BLAS library's own thread count when tinylora first asks for it (so the usual
 OPENBLAS_NUM_THREADS / OMP_NUM_THREADS still cap it). TINYLORA_ADAPTIVE_THREADS=0 switches both
 rules off: every product gets the limit, as plain NumPy would (the busy-machine benchmark's "before").
 
@@ -47,7 +60,7 @@ import os
 import time
 
 # Below this a product runs on one thread. It counts one matrix: NumPy calls BLAS once per matrix of a stack,
-# and each call starts and joins its threads. Quiet, on the 2-core development machine (issue 16), two
+# and each call starts and joins its threads. Quiet, on the 2-core development machine, two
 # threads were faster from about 1 MFLOP up (512 x 128 @ 128 x 8, 1.05 MFLOP: 27 -> 19 us; 2048 x 128 @ 128 x 8,
 # LoRA's A at base-mini, 4.2 MFLOP: 87 -> 52 us) but not for attention's stacks of 128 x 32 @ 32 x 128
 # (1.05 MFLOP each) at base-mini. (It was 300 MFLOP for the whole product: base-mini ran on one thread.)
@@ -57,7 +70,9 @@ INTERVAL = 0.2  # seconds: how often the free cores are measured again
 BUSY_SHARE = 0.25  # a core others kept busy for more than this share of the interval is not free
 
 _limit: int | None = None  # the user's limit (TINYLORA_THREADS or set_num_threads), None: the BLAS default
+_tuned = False  # switch_on() was called (by tune_for_training): until then products leave BLAS alone
 _adaptive = os.environ.get("TINYLORA_ADAPTIVE_THREADS", "1").strip() != "0"
+_plan: dict | None = None  # a run's fixed counts (fix_plan), None: no plan in force
 _blas = None  # threadpoolctl's controller of the loaded BLAS libraries (made on first use)
 _blas_default = None  # the BLAS thread count at start-up
 _current = None  # the thread count set last (set again only when it changes)
@@ -139,8 +154,18 @@ def free_cores() -> int:
     return _free
 
 
-def threads_for(flops: float) -> int:
-    """The thread count for a product of `flops` floating-point operations."""
+def switch_on() -> None:
+    """Let tinylora choose each product's thread count from now on (tune_for_training calls this)."""
+    global _tuned
+    _tuned = True
+
+
+def threads_for(flops: float) -> int | None:
+    """The thread count for a product of `flops` floating-point operations (None: leave BLAS as it is)."""
+    if _plan is not None:
+        return 1 if flops < _plan["small_flops"] else _plan["large_product_threads"]
+    if not _tuned:
+        return _limit  # the user's own limit if they set one, else nothing to change
     return _threads(small=flops < SMALL_FLOPS)
 
 
@@ -148,9 +173,12 @@ def workers_for(elements: int) -> int:
     """How many threads share an elementwise kernel over `elements` numbers (engine/kernels/blocks.py).
 
     The same rule as for products, with SMALL_ELEMENTS for SMALL_FLOPS: below it, starting a thread
-    costs more than it saves.
+    costs more than it saves. Before switch_on() no load is measured: a large kernel gets the limit.
     """
-    return _threads(small=elements < SMALL_ELEMENTS)
+    small = elements < SMALL_ELEMENTS
+    if not _tuned:
+        return 1 if small else get_num_threads()
+    return _threads(small=small)
 
 
 def _threads(small: bool) -> int:
@@ -163,31 +191,48 @@ def _threads(small: bool) -> int:
     return min(limit, free_cores())
 
 
-def use_threads(n: int) -> None:
-    """Make the BLAS library use `n` threads from now on (a no-op if that is already the count)."""
+def use_threads(n: int | None) -> None:
+    """Make the BLAS library use `n` threads from now on (nothing if that is already the count, or n is None)."""
     global _current
-    if n != _current and _controller():
+    if n is not None and n != _current and _controller():
         _blas.limit(limits=n)
         _current = n
 
 
-def matmul(a, b):
-    """a @ b, with the thread count for its size (NumPy only; CuPy products go straight to the GPU).
+# ------------------------------------------------------------------ a training run's plan
+def fix_plan(plan: dict | None = None) -> dict:
+    """Fix every product's thread count until `release_plan()`; returns the plan now in force.
 
-    A stack of transposed matrices b (attention's k^T in q k^T, (B, nh, hs, T) with unit stride down
-    its columns) is copied to row-major first: BLAS runs each of the stack's small products much faster
-    that way (base-mini's q k^T: 1.46 -> 0.97 ms with the copy, GPT-2 small's 7.8 -> 4.7 ms, quiet, 2 threads)."""
-    if type(a).__module__ != "numpy":
-        return a @ b
-    n, k = (a.shape[-2], a.shape[-1]) if a.ndim > 1 else (1, a.shape[-1])
-    m = b.shape[-1] if b.ndim > 1 else 1
-    use_threads(threads_for(2.0 * n * k * m))  # per matrix: NumPy calls BLAS once for each matrix of a stack
-    if _copy_transposed_stacks and b.ndim > 2 and b.strides[-2] == b.itemsize and m > 1:
-        b = b.copy()  # row-major matrices
-    return a @ b
+    A plan is {"large_product_threads": n, "small_flops": f}: a product of fewer than f FLOPs gets
+    one thread, every other n. plan: the plan an earlier part of the run saved (a checkpoint's), used
+    as it is. None: measured now, n = min(limit, free cores) and f = SMALL_FLOPS (with adaptive threads
+    off: n = the limit for every product, f = 0); the first measurement of a process waits INTERVAL
+    seconds, to have an interval to measure the load over.
+    """
+    global _plan
+    if plan is None:
+        if _adaptive and _sample is None and get_num_threads() > 1:
+            free_cores()  # the first sample, then an interval to measure over
+            time.sleep(INTERVAL)
+        plan = {"large_product_threads": _threads(small=False), "small_flops": SMALL_FLOPS if _adaptive else 0}
+    count, small = (plan.get("large_product_threads"), plan.get("small_flops")) if isinstance(plan, dict) else (0, 0)
+    if (not isinstance(count, int) or isinstance(count, bool) or count < 1
+            or not isinstance(small, (int, float)) or isinstance(small, bool) or not 0 <= small < math.inf):
+        raise ValueError(f"thread plan {plan!r}: expected {{'large_product_threads': a positive int, "
+                         "'small_flops': a number >= 0}")
+    _plan = {"large_product_threads": count, "small_flops": small}
+    return dict(_plan)
 
 
-_copy_transposed_stacks = True  # False: plain a @ b (for measuring what the copy gains)
+def current_plan() -> dict | None:
+    """The plan in force (see fix_plan), or None."""
+    return None if _plan is None else dict(_plan)
+
+
+def release_plan() -> None:
+    """Products follow the load again (the end of a run)."""
+    global _plan
+    _plan = None
 
 
 _read_env()

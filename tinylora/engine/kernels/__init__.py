@@ -11,6 +11,7 @@ says so:
     the softmax inside cross-entropy          softmax.py
     layer norm forward and backward           layer_norm.py
     the Adam / AdamW update of one parameter  adam.py
+    matrix products: the thread count         matmul.py (the op's readable lines are a plain a @ b)
     most of the above as fused CUDA kernels   cuda.py   (CuPy; emulated on the fake device)
 
 Why they are faster on a CPU (all three are about memory, not arithmetic):

@@ -1,7 +1,7 @@
 """GELU (tanh approximation) forward and backward, block by block and in place (see kernels/__init__.py).
 
 The math is GELU's docstring in engine/ops/gelu.py; these lines compute the same numbers with
-u = C x (1 + K x^2), C = sqrt(2/pi), K = 0.044715, t = tanh(u):
+u = C x (1 + K x^2), C = sqrt(2/pi), K = 0.044715, t = tanh(u) (the op passes C and K: they live with the math):
 
     forward:   y  = 0.5 (1 + t) x                              (x last: a huge x gives x, no overflow)
     backward:  dx = dy ((1 + t)/2 + C x (1 + 3 K x^2) (1 - t)(1 + t)/2)
@@ -9,14 +9,12 @@ u = C x (1 + K x^2), C = sqrt(2/pi), K = 0.044715, t = tanh(u):
 
 from __future__ import annotations
 
-import tinylora.engine.ops.gelu as op  # the constants C, K live with the math
 from tinylora.engine import kernels
 from tinylora.engine.kernels import blocks, cuda
 
 
-def forward(xp, x):
+def forward(xp, x, C, K):
     """y = GELU(x); x: any shape, C-contiguous. One new array, y."""
-    C, K = op.C, op.K
     if kernels.on_gpu(x):
         return cuda.gelu_forward(x, C, K)
     y = xp.empty_like(x)
@@ -38,9 +36,8 @@ def forward(xp, x):
     return y
 
 
-def backward(xp, x, grad):
+def backward(xp, x, grad, C, K):
     """dx = dy * GELU'(x); x, grad: the same shape, C-contiguous. One new array, dx."""
-    C, K = op.C, op.K
     if kernels.on_gpu(x):
         return cuda.gelu_backward(x, grad, C, K)
     dx = xp.empty_like(x)

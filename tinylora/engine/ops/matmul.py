@@ -6,13 +6,22 @@ The memory rule that makes LoRA cheap lives here. For y = x @ W.T:
     dW = dy.T @ x      needs x (an activation: the expensive thing to keep)
 
 So when W is frozen, the node saves W but not x.
+
+Every product below is `a @ b` (`_product`). With the fast paths on, NumPy products go through
+engine/kernels/matmul.py, which picks their thread count (the same numbers, to the last bit for a given
+thread count); TINYLORA_KERNELS=0 runs the plain `a @ b`.
 """
 
 from __future__ import annotations
 
 from tinylora.engine.autograd import Function
-from tinylora.engine.backend import threads
+from tinylora.engine.kernels import matmul as fast
 from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
+
+
+def _product(a, b):
+    """a @ b (on NumPy arrays with the fast paths on: engine/kernels/matmul.py, same numbers)."""
+    return fast.product(a, b) if fast.takes(a, b) else a @ b
 
 
 def _swap_last(a):
@@ -29,18 +38,18 @@ class MatMul(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
         self.save_for_backward(b if self.needs_input_grad[0] else None, a if self.needs_input_grad[1] else None)
-        return threads.matmul(a, b)  # a @ b, with a thread count fit for its size (backend/threads.py)
+        return _product(a, b)
 
     def backward(self, grad):
         b, a = self.saved
-        da = unbroadcast(threads.matmul(grad, _swap_last(b)), self.shapes[0]) if self.needs_input_grad[0] else None
+        da = unbroadcast(_product(grad, _swap_last(b)), self.shapes[0]) if self.needs_input_grad[0] else None
         db = None
         if self.needs_input_grad[1]:
             if len(self.shapes[1]) == 2 and a.ndim > 2:  # a (..., n, k) @ b (k, m): one big product, not a batch to sum
                 k = a.shape[-1]
-                db = threads.matmul(a.reshape(-1, k).T, grad.reshape(-1, grad.shape[-1]))
+                db = _product(a.reshape(-1, k).T, grad.reshape(-1, grad.shape[-1]))
             else:
-                db = unbroadcast(threads.matmul(_swap_last(a), grad), self.shapes[1])
+                db = unbroadcast(_product(_swap_last(a), grad), self.shapes[1])
         return da, db
 
 
@@ -59,7 +68,7 @@ class Linear(Function):
             weight if self.needs_input_grad[0] else None,
             x2 if self.needs_input_grad[1] else None,  # only a trainable W needs the input
         )
-        y = threads.matmul(x2, weight.T)  # (N, out)
+        y = _product(x2, weight.T)  # (N, out)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -67,8 +76,8 @@ class Linear(Function):
     def backward(self, grad):
         weight, x2 = self.saved
         g2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
-        dx = threads.matmul(g2, weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        dw = threads.matmul(g2.T, x2) if self.needs_input_grad[1] else None
+        dx = _product(g2, weight).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        dw = _product(g2.T, x2) if self.needs_input_grad[1] else None
         db = g2.sum(axis=0) if len(self.needs_input_grad) > 2 and self.needs_input_grad[2] else None
         return dx, dw, db
 
