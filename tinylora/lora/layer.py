@@ -78,8 +78,9 @@ class LoRALinear(nn.Module):
             )
         if alpha is None:
             alpha = r
-        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not alpha > 0:
-            raise ValueError(f"LoRALinear: alpha must be a positive number (or None for alpha = r), got {alpha!r}")
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < float("inf"):
+            raise ValueError(f"LoRALinear: alpha must be a positive finite number (or None for alpha = r), "
+                             f"got {alpha!r}")
         if init not in INITS:
             raise ValueError(f"LoRALinear: init must be one of {INITS}, got {init!r}")
         if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:

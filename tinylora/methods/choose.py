@@ -24,7 +24,7 @@ import os
 
 from tinylora.engine.backend import move
 from tinylora.errors import MissingNameError
-from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.io import load_tensors, read_json, require_fields, save_tensors, write_json_atomic
 from tinylora.lora.apply import apply_lora, lora_layers
 from tinylora.methods.adalora import ORTH_REG_WEIGHT, RankAllocator, apply_adalora, orthogonal_regulariser
 from tinylora.methods.dora import apply_dora
@@ -126,6 +126,7 @@ def load_method_adapter(model, path):
     if config.get("format") != FORMAT:
         raise ValueError(f"{config_path} is not a tinylora method adapter (format {config.get('format')!r}); "
                          "a plain LoRA adapter loads with tinylora.lora.load_adapter")
+    require_fields(config, config_path, {"method": str, "settings": dict, "base_model": dict})
     if config["base_model"] != dataclasses.asdict(model.config):
         raise ValueError(f"{config_path}: the adapter was trained on another base model configuration")
     tensors = load_tensors(tensor_path)

@@ -21,7 +21,7 @@ import os
 
 from tinylora.engine.backend import move
 from tinylora.errors import MissingNameError
-from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
+from tinylora.io import load_tensors, read_json, require_fields, save_tensors, write_json_atomic
 from tinylora.methods.bottleneck_adapters import apply_adapter_h, apply_adapter_l
 from tinylora.methods.bitfit import apply_bitfit
 from tinylora.methods.full_ft import apply_full_ft, apply_top_layers
@@ -64,8 +64,8 @@ def save_method(model, path) -> None:
 def read_method_config(path) -> dict:
     """method_config.json of a method folder, checked to be one."""
     config_path = os.path.join(os.fspath(path), CONFIG_FILE)
-    config = read_json(config_path)
-    if config.get("format") != FORMAT or config.get("method") not in APPLY:
+    config = require_fields(read_json(config_path), config_path, {"method": str, "settings": dict, "base_model": dict})
+    if config.get("format") != FORMAT or config["method"] not in APPLY:
         raise ValueError(f"{config_path} is not a tinylora method config "
                          f"(format {config.get('format')!r}, method {config.get('method')!r})")
     return config
