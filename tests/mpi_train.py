@@ -3,13 +3,15 @@
     python tests/mpi_train.py OUT_DIR [--method lora|full] [--steps K] [--resume] [--die-at S]
 
 Writes OUT_DIR/params.safetensors (rank 0 only): every trainable parameter after training, and
-OUT_DIR/run/ (metrics and checkpoints). --die-at S: rank 1 exits abruptly before its all-reduce of step S.
+OUT_DIR/run/ (metrics and checkpoints). --die-at S: rank 1 exits abruptly before its all-reduce of step S;
+--quit-at S: rank 1's Python exits with status 0 there instead (sys.exit(0): a rank that ends without finishing).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--die-at", type=int, default=None)
+    parser.add_argument("--quit-at", type=int, default=None)
     args = parser.parse_args()
 
     tinylora.manual_seed(0)
@@ -37,11 +40,14 @@ def main() -> None:
     tokens = np.random.default_rng(1).integers(0, 64, size=4000)
     data = TextDataset(tokens, block_size=16)
     dp = distributed.current()
-    if args.die_at is not None and dp.rank == 1:
+    stop_at = args.die_at if args.die_at is not None else args.quit_at
+    if stop_at is not None and dp.rank == 1:
         average = dp.average_gradients
 
         def average_or_die(params, n_kept):
-            if dp.step >= 2 * (args.die_at - 1):  # two all-reduces per step before this one
+            if dp.step >= 1 + 2 * (stop_at - 1):  # the start-step check, then two all-reduces per step
+                if args.quit_at is not None:
+                    sys.exit(0)  # a clean exit, status 0, in the middle of the run
                 os._exit(3)  # no goodbye, as a crashed or killed process
             average(params, n_kept)
 

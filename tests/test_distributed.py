@@ -88,6 +88,28 @@ def test_a_dead_rank_stops_the_others_instead_of_hanging(tmp_path):
     assert not (tmp_path / "params.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_a_rank_that_exits_0_before_finishing_fails_the_job_at_once(tmp_path):
+    """sys.exit(0) on rank 1 mid-run: the job ends non-zero, naming the rank, long before the hung-rank timeout."""
+    start = time.monotonic()
+    done = _run([tmp_path, "--steps", "5", "--quit-at", "2"], ranks=2, timeout=120, TINYLORA_MPI_TIMEOUT="60")
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert time.monotonic() - start < 50  # not the 60 s timeout: the exiting rank said so itself
+    assert "rank 1: exiting before the run finished" in done.stderr
+    assert not (tmp_path / "params.safetensors").exists()
+
+
+def test_the_hung_rank_timeout_is_a_positive_number_with_a_laptop_default(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed._timeout() == distributed.DEFAULT_TIMEOUT == 120
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7.5")
+    assert distributed._timeout() == 7.5
+    for bad in ("0", "-3", "nan", "soon"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match="TINYLORA_MPI_TIMEOUT"):
+            distributed._timeout()
+
+
 def test_one_process_is_a_group_of_one_that_refuses_a_checkpoint_of_two():
     group = distributed.SingleProcess()
     x, y = np.zeros((4, 3)), np.ones((4, 3))

@@ -191,7 +191,7 @@ FILE_CASES = {
         lambda r: load_model(r / "tiny", tokenizer=123), TypeError, ["tokenizer", "int", "123"]),
     "BPE vocab.json is not JSON": (
         lambda r, mp: bpe_folder(r, "{not json", "#version: 0.2\n"),
-        lambda r: load_model(r / "tiny"), ValueError, ["vocab.json", "not valid JSON"]),
+        lambda r: load_model(r / "tiny"), FileFormatError, ["vocab.json", "not valid JSON"]),
     "BPE vocab.json has a string id": (
         lambda r, mp: bpe_folder(r, '{"a": "x"}', "#version: 0.2\n"),
         lambda r: load_model(r / "tiny"), ValueError, ["vocab.json", "'a'", "'x'"]),
@@ -362,7 +362,7 @@ FILE_CASES = {
         lambda r: ckpt.latest_checkpoint(r / "run"), FileFormatError, ["latest.json", "'/etc'"]),
     "latest.json is a list": (
         lambda r, mp: (os.makedirs(r / "run"), (r / "run/latest.json").write_text("[]")),
-        lambda r: ckpt.latest_checkpoint(r / "run"), FileFormatError, ["latest.json", "None"]),
+        lambda r: ckpt.latest_checkpoint(r / "run"), FileFormatError, ["latest.json", "JSON list"]),
     "latest.json names a missing step": (
         lambda r, mp: (os.makedirs(r / "run"), write_json_atomic(r / "run/latest.json", {"checkpoint": "step-000009"})),
         lambda r: ckpt.latest_checkpoint(r / "run"), FileNotFoundError, ["latest.json", "step-000009"]),

@@ -192,3 +192,27 @@ def test_user_error_paths_that_were_key_errors_are_still_one_line(capsys, tmp_pa
     save_tensors(model / "model.safetensors", tensors)
     code, _, err = cli(capsys, "info", "--model", model)
     assert code == 2 and "model.safetensors" in one_error_line(err)
+
+
+# ------------------------------------------------------------------ defects that outlived the first hardening
+def test_info_checks_targets_without_rank(capsys):
+    code, _, err = cli(capsys, "info", "--targets", "nonsense")
+    assert code == 2 and "--targets" in one_error_line(err) and "nonsense" in err
+
+
+@pytest.mark.parametrize("alpha", [float("inf"), float("nan"), -1.0])
+def test_lora_alpha_must_be_finite_and_positive(alpha):
+    from tinylora import nn
+    from tinylora.lora import LoRALinear
+
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        LoRALinear(nn.Linear(8, 8), r=2, alpha=alpha)
+
+
+@pytest.mark.parametrize("val", [[], ["--val-fraction", "0"]])
+def test_a_short_text_file_is_named_and_explained(capsys, tmp_path, base, val):  # noqa: F811
+    short = tmp_path / "short.txt"
+    short.write_text("hi there", encoding="utf-8")
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", short, "--out", tmp_path / "run", *FAST, *val)
+    line = one_error_line(err)
+    assert code == 2 and str(short) in line and "too short to train on" in line and "window" not in line

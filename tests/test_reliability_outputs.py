@@ -7,11 +7,12 @@ model or the new one, never new weights beside an old config.json. Every numeric
 and a bad value is one line naming the flag.
 """
 
+import errno
 import json
 import os
 
 import pytest
-from test_cli import adapter, base, cli, short_pairs  # noqa: F401 (fixtures)
+from test_cli import adapter, base, cli, short_pairs, some_text  # noqa: F401 (fixtures)
 from test_reliability_run import one_error_line
 
 from tinylora.data import write_jsonl
@@ -166,3 +167,27 @@ def test_course_release_all_refuses_a_taken_part_before_writing_anything(capsys,
     code, _, err = cli(capsys, "course", "release", "all", "--out", tmp_path / "part")
     assert code == 2 and "A3" in one_error_line(err)
     assert sorted(os.listdir(tmp_path / "part")) == ["A3"]  # A1 and A2 were not written either
+
+
+# ------------------------------------------------------------------ side outputs never stop a run
+def test_a_full_disk_while_writing_the_loss_plot_still_saves_the_adapter(capsys, monkeypatch, tmp_path, base):  # noqa: F811
+    """loss.png is a side output: ENOSPC while it is written is one warning, and the adapter is saved."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def disk_full(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")  # the disk fills half way through the file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    data = tmp_path / "notes.txt"
+    data.write_text(some_text(2), encoding="utf-8")
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", run, "--max-steps", "2",
+                         "--batch-size", "4", "--eval-batches", "1", "--no-progress")
+    assert code == 0, err
+    assert (run / "adapter" / "adapter.safetensors").exists()
+    warning = [line for line in err.splitlines() if "loss.png" in line]
+    assert len(warning) == 1 and warning[0].startswith("tinylora: warning: ") and "No space left" in warning[0]
+    assert not (run / "loss.png").exists() and not [n for n in os.listdir(run) if n.endswith(".tmp")]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -269,14 +270,49 @@ def _require_file(path, what: str) -> str:
     return path
 
 
-def read_json(path) -> dict:
-    """Parse a JSON file; a missing or malformed file raises an error naming it."""
+_JSON_KINDS = {dict: "a JSON object", list: "a JSON list", str: "a JSON string"}
+
+
+def parse_json(text, source: str, kind=None):
+    """Parse JSON `text` read from `source` (a file, or "file:line"); every failure is one FileFormatError
+    naming the source: malformed text, nesting too deep for Python's parser, a number with more digits
+    than Python converts, or (with `kind`, e.g. dict) a value of another type."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FileFormatError(f"{source}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise FileFormatError(f"{source}: JSON nested too deeply to read") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise FileFormatError(f"{source}: unreadable JSON value ({' '.join(str(err).split())[:120]})") from None
+    if kind is not None and not isinstance(value, kind):
+        raise FileFormatError(f"{source}: expected {_JSON_KINDS.get(kind, kind.__name__)}, "
+                              f"got {_JSON_KINDS.get(type(value), type(value).__name__)}")
+    return value
+
+
+def read_json(path, kind=dict):
+    """Parse a JSON file that holds `kind` (a JSON object by default; None: anything). A missing,
+    malformed or wrongly shaped file raises an error naming it (FileNotFoundError, FileFormatError)."""
     path = _require_file(path, "JSON file")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from err
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise FileFormatError(f"{path}: not valid JSON (not UTF-8 text: {err.reason} at byte {err.start})") from None
+    return parse_json(text, path, kind)
+
+
+def require_fields(obj: dict, source: str, fields: dict) -> dict:
+    """Check that JSON object `obj` (read from `source`) has each of {name: type}; returns `obj`.
+    A missing or wrongly typed field is one FileFormatError naming the file and the field."""
+    for name, kind in fields.items():
+        if name not in obj:
+            raise FileFormatError(f"{source}: the field '{name}' is missing")
+        if not isinstance(obj[name], kind):
+            raise FileFormatError(f"{source}: '{name}' must be {_JSON_KINDS.get(kind, kind.__name__)}, "
+                                  f"got {json.dumps(obj[name])[:40]}")
+    return obj
 
 
 def _read_header(f, path: str, file_size: int) -> tuple[dict, int]:
@@ -287,29 +323,56 @@ def _read_header(f, path: str, file_size: int) -> tuple[dict, int]:
     if n > _MAX_HEADER_BYTES or 8 + n > file_size:
         raise FileFormatError(f"{path} is not a safetensors file (or is truncated): header claims {n} bytes")
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = f.read(n).decode("utf-8")
+    except UnicodeDecodeError as err:
         raise FileFormatError(f"{path}: the safetensors header is not valid JSON ({err})") from err
-    if not isinstance(header, dict):
-        raise FileFormatError(f"{path}: the safetensors header is not a JSON object")
-    return header, 8 + n
+    return parse_json(text, f"{path}: the safetensors header", dict), 8 + n
 
 
-def _check_entry(path: str, name: str, entry, data_size: int) -> None:
-    try:
-        dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
-    except (KeyError, TypeError, ValueError) as err:
-        raise FileFormatError(f"{path}: header entry for '{name}' is malformed: {entry!r}") from err
-    if dtype != "BF16" and dtype not in _NUMPY_DTYPES:
-        raise FileFormatError(f"{path}: tensor '{name}' has dtype {dtype}, which tinylora cannot read "
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry(path: str, name: str, entry, data_size: int) -> tuple:
+    """(dtype, shape, begin, end) of one header entry, every field checked (a hostile header names its
+    tensor and field here, rather than failing later inside NumPy)."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise FileFormatError(f"{path}: header entry for '{name}' is malformed (needs dtype, shape and "
+                              f"data_offsets): {str(entry)[:80]}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or (dtype != "BF16" and dtype not in _NUMPY_DTYPES):
+        raise FileFormatError(f"{path}: tensor '{name}' has dtype {str(dtype)[:20]}, which tinylora cannot read "
                               f"(supported: BF16, {', '.join(_NUMPY_DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise FileFormatError(f"{path}: tensor '{name}' has shape {str(shape)[:60]}; a shape is a list of "
+                              "integers >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise FileFormatError(f"{path}: tensor '{name}' has data_offsets {str(offsets)[:60]}; expected "
+                              "[begin, end], two integers >= 0")
+    begin, end = offsets
     itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
-    if not 0 <= begin <= end <= data_size:
+    if not begin <= end <= data_size:
         raise FileFormatError(f"{path} is truncated or corrupt: tensor '{name}' lies at bytes [{begin}, {end}) "
                               f"but the data section has {data_size} bytes")
-    if end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize:
+    if end - begin != math.prod(shape) * itemsize:  # Python integers: a huge shape cannot overflow here
         raise FileFormatError(f"{path}: tensor '{name}' has shape {tuple(shape)} and dtype {dtype} "
                               f"but occupies {end - begin} bytes")
+    return dtype, tuple(shape), begin, end
+
+
+def _check_entries(path: str, header: dict, data_size: int) -> dict:
+    """{name: (dtype, shape, begin, end)} of every tensor in `header`; two tensors may not share bytes."""
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise FileFormatError(f"{path}: the header's __metadata__ must map strings to strings")
+    entries = {name: _check_entry(path, name, entry, data_size)
+               for name, entry in header.items() if name != "__metadata__"}
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise FileFormatError(f"{path} is corrupt: tensors '{first}' and '{second}' overlap in the data section")
+    return entries
 
 
 def _decode(raw: bytearray, dtype: str, shape) -> np.ndarray:
@@ -324,18 +387,14 @@ def _read(path, with_data: bool = True) -> tuple[dict, dict]:
     file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         header, data_start = _read_header(f, path, file_size)
-        metadata = header.pop("__metadata__", None) or {}
-        data_size = file_size - data_start
+        entries = _check_entries(path, header, file_size - data_start)
+        metadata = header.get("__metadata__") or {}
         tensors = {}
-        for name, entry in header.items():
-            _check_entry(path, name, entry, data_size)
-            if not with_data:
-                continue
-            begin, end = entry["data_offsets"]
+        for name, (dtype, shape, begin, end) in entries.items() if with_data else ():
             raw = bytearray(end - begin)
             f.seek(data_start + begin)
             f.readinto(raw)
-            tensors[name] = _decode(raw, entry["dtype"], tuple(entry["shape"]))
+            tensors[name] = _decode(raw, dtype, shape)
     return tensors, metadata
 
 
@@ -389,7 +448,5 @@ def tensor_shapes(path) -> dict:
     file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         header, data_start = _read_header(f, path, file_size)
-    header.pop("__metadata__", None)
-    for name, entry in header.items():
-        _check_entry(path, name, entry, file_size - data_start)
-    return {name: (entry["dtype"], tuple(int(d) for d in entry["shape"])) for name, entry in header.items()}
+    entries = _check_entries(path, header, file_size - data_start)
+    return {name: (dtype, shape) for name, (dtype, shape, _, _) in entries.items()}

@@ -92,9 +92,15 @@ def checked_int_list(low: int):
 
 
 def targets(text: str) -> tuple:
+    """A comma list of LoRA targets (q,k,v,o,fc,proj), checked whether or not the command then uses it."""
+    from tinylora.lora.apply import TARGETS
+
     targets = tuple(t.strip() for t in text.split(",") if t.strip())
     if not targets:
         raise argparse.ArgumentTypeError(f"expected a comma list such as q,v, got {text!r}")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown target(s) {', '.join(unknown)}; choose from {','.join(TARGETS)}")
     return targets
 
 

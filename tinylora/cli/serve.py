@@ -20,7 +20,7 @@ import json
 import time
 
 from tinylora.cli import flags
-from tinylora.io import _atomic_write
+from tinylora.io import _atomic_write, parse_json
 
 
 def add_parser(sub) -> None:
@@ -59,10 +59,7 @@ def read_requests(path) -> list:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+            row = parse_json(line, f"{path}:{number}")
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 raise ValueError(f"{path}:{number}: a request needs a \"prompt\" string")
             if row.get("adapter") is not None and not isinstance(row["adapter"], str):

@@ -23,7 +23,7 @@ import subprocess
 
 from tinylora.course.assignments import ASSIGNMENTS, Assignment, get_assignment
 from tinylora.course.stubs import stub
-from tinylora.io import write_json_atomic
+from tinylora.io import read_json, require_fields, write_json_atomic
 
 RELEASE_FILE = "COURSE_RELEASE.json"
 SKIP_DIRS = {".git", "__pycache__", ".pytest_cache", ".hypothesis", "runs", "build", "dist", ".ipynb_checkpoints"}
@@ -140,5 +140,4 @@ def read_release(folder: str) -> dict:
     path = os.path.join(folder, RELEASE_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: {folder} is not a folder written by `tinylora course release`")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return require_fields(read_json(path), path, {"assignment": str})

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from tinylora.data.text import read_text
+from tinylora.io import parse_json
 
 IGNORE_INDEX = -100  # the target value that F.cross_entropy skips
 E2E_SEPARATOR = " ||"  # ends an E2E prompt, so the model knows the text starts next
@@ -99,10 +100,7 @@ def _numbered_jsonl(path) -> tuple[list[dict], list[int]]:
     for line_no, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue  # blank lines are allowed
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from None
+        obj = parse_json(line, f"{path}, line {line_no}")
         if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in ("prompt", "completion")):
             raise ValueError(f"{path}, line {line_no}: expected an object with string 'prompt' and 'completion'")
         pairs.append({"prompt": obj["prompt"], "completion": obj["completion"]})

@@ -174,6 +174,14 @@ def load_text_dataset(
     chunk_size = chunk_size or 8 * (block_size + 1)
     if chunk_size < block_size + 1:
         raise ValueError(f"chunk_size={chunk_size} is smaller than one window (block_size + 1 = {block_size + 1})")
+    if len(tokens) < block_size + 1:  # said in the user's terms, naming the file, before the datasets' own checks
+        raise ValueError(f"{path} is too short to train on: {len(tokens)} tokens, and every training example is "
+                         f"{block_size + 1} consecutive tokens (the model's context of {block_size} and the next "
+                         f"token); give at least {block_size + 1} tokens of text")
+    if val_fraction and len(tokens) <= chunk_size:
+        raise ValueError(f"cannot split {path} ({len(tokens)} tokens) into train and validation: holding some out "
+                         f"needs more than {chunk_size} tokens ({8} examples' worth); give more text, or pass "
+                         "--val-fraction 0 (val_fraction=0) to train on all of it")
     train, val = split_tokens(tokens, val_fraction, chunk_size, seed)
     return TextDataset(train, block_size), (TextDataset(val, block_size) if val else None)
 

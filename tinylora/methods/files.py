@@ -33,7 +33,8 @@ import numpy as np
 from tinylora import nn
 from tinylora.engine.backend import move, to_host
 from tinylora.errors import MissingNameError
-from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, tensor_shapes, write_json_atomic
+from tinylora.io import (FileFormatError, load_tensors, read_json, require_fields, save_tensors, tensor_shapes,
+                         write_json_atomic)
 from tinylora.lora.adapter_io import _SHAPE_FIELDS, BaseMismatchError, load_adapter, read_adapter_config, weights_sha256
 from tinylora.lora.apply import all_or_nothing, base_named_parameters, lora_layers
 from tinylora.methods.glora import glora_layers
@@ -96,12 +97,10 @@ def read_method_config(path) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         what = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"{config_path} is not a tinylora method adapter (format {what!r})")
-    if config.get("method") not in METHODS:
-        raise FileFormatError(f"{config_path}: method {config.get('method')!r} is not one of {', '.join(METHODS)}")
-    for key, kind in (("settings", dict), ("tensors", list), ("biases", list), ("base_model", dict), ("base", dict)):
-        if not isinstance(config.get(key), kind):
-            raise FileFormatError(f"{config_path}: '{key}' must be a JSON {kind.__name__}, "
-                                  f"got {config.get(key)!r}"[:300])
+    require_fields(config, config_path, {"method": str, "settings": dict, "tensors": list, "biases": list,
+                                         "base_model": dict, "base": dict})
+    if config["method"] not in METHODS:
+        raise FileFormatError(f"{config_path}: method {config['method']!r} is not one of {', '.join(METHODS)}")
     if not all(isinstance(n, str) for n in config["tensors"] + config["biases"] + config["base"].get("skip", [])):
         raise FileFormatError(f"{config_path}: 'tensors', 'biases' and base.skip must list parameter names")
     return config

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import regex
 
+from tinylora.io import read_json
+
 EOT_TEXT = "<|endoftext|>"
 
 # GPT-2's pre-tokenizer: English contractions, then an optional space followed by letters (\p{L}), digits
@@ -95,13 +97,7 @@ class BPETokenizer:
         for f in (vocab_json, merges_txt):
             if not f.is_file():
                 raise FileNotFoundError(f"BPE tokenizer file not found: {f}")
-        with open(vocab_json, encoding="utf-8") as fh:
-            try:
-                vocab = json.load(fh)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{vocab_json} is not valid JSON: {err}") from None
-        if not isinstance(vocab, dict):
-            raise ValueError(f"{vocab_json}: expected a JSON object mapping token -> id, got {type(vocab).__name__}")
+        vocab = read_json(vocab_json)  # a JSON object mapping token -> id
         merges = []
         with open(merges_txt, encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, start=1):

@@ -18,8 +18,15 @@ matrix instead of d k, so the bytes per step shrink by the same factor as the tr
 
 What else changes under MPI: only rank 0 writes (metrics, checkpoints, the plot, the model files), and
 a checkpoint records the number of ranks, so a resume with another number is refused (the batches
-would be split differently). Every wait for the other ranks has a timeout (TINYLORA_MPI_TIMEOUT,
-default 600 s): a rank that died makes the others stop with an error naming the step, not hang.
+would be split differently), and the ranks check that they start from the same step. Every wait for
+the other ranks has a timeout (TINYLORA_MPI_TIMEOUT, default 120 s: a laptop run's longest wait, a
+step plus a validation pass plus rank 0's checkpoint write, is seconds; raise it for big models on
+slow disks): a rank that died makes the others stop with an error naming the step, not hang. A rank
+whose Python exits before its run finished (an exception, sys.exit(0), the end of a script that
+skipped training) stops the whole job at once with exit code 1 and a line naming the rank, so
+`mpiexec` never reports success for an unfinished run. (A process killed outright, or one that calls
+os._exit, runs no Python at exit: MPICH's mpiexec then ends the others itself; the run folder then
+holds no result, only its last checkpoint.)
 On CuPy the gradients go to MPI as one device buffer when the MPI is CUDA-aware (no copy to the
 host), else through host memory (one copy each way per step). Whether it is: TINYLORA_MPI_CUDA_AWARE=1
 or 0 says so; otherwise MPI is asked (MPIX_Query_cuda_support, where mpi4py offers it), and the answer
@@ -32,6 +39,7 @@ Needs `pip install 'tinylora[mpi]'` (mpi4py and the MPICH wheel). One process wi
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
@@ -39,6 +47,7 @@ import time
 from tinylora.engine.backend import host, move, synchronize, to_host
 
 TIMEOUT_ENV = "TINYLORA_MPI_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0  # seconds without an answer from the other ranks before the job is stopped
 CUDA_AWARE_ENV = "TINYLORA_MPI_CUDA_AWARE"
 _RANK_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")  # set by MPICH's and Open MPI's mpiexec
 
@@ -63,6 +72,12 @@ class SingleProcess:
     def global_mean(self, value: float, n_kept: int) -> float:
         return value
 
+    def start(self, step: int) -> None:
+        """A run begins at `step` on this rank (the others must agree; see DataParallel)."""
+
+    def finish(self) -> None:
+        """This rank's run is done: it may exit."""
+
     def check_resume(self, saved_size) -> None:
         """Refuse a checkpoint written by another number of ranks (its batches were split differently)."""
         if saved_size is not None and saved_size != self.size:
@@ -80,10 +95,31 @@ class DataParallel(SingleProcess):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.is_writer = self.rank == 0
-        self.timeout = float(os.environ.get(TIMEOUT_ENV, 600)) if timeout is None else timeout
+        self.timeout = _timeout() if timeout is None else timeout
         self.bytes_reduced = 0
         self.step = 0  # all-reduces so far (named in a timeout's message)
         self.cuda_aware = cuda_aware(MPI)
+        self.running = False  # between start() and finish(): exiting now leaves the others waiting
+        atexit.register(self._exit_before_finishing)  # runs before mpi4py's MPI_Finalize (registered earlier)
+
+    def start(self, step: int) -> None:
+        """Every rank must start from the same step (a run folder that one rank sees differently, say on a
+        disk that is not shared, would pair different steps' gradients): one line on every rank if not."""
+        first, last = self._all_reduce(host.array([-float(step), float(step)]), "the start steps", self.MPI.MAX)
+        if -first != last:
+            raise RuntimeError(f"data-parallel training: the ranks would start from different steps "
+                               f"({-first:.0f} to {last:.0f}); does every rank see the same run folder?")
+        self.running = True
+
+    def finish(self) -> None:
+        self.running = False
+
+    def _exit_before_finishing(self) -> None:
+        if self.running:  # the others would wait for this rank until the timeout, then mpiexec might say 0
+            sys.stderr.write(f"tinylora rank {self.rank}: exiting before the run finished (after all-reduce "
+                             f"{self.step}); stopping every rank.\n")
+            sys.stderr.flush()
+            self.comm.Abort(1)
 
     def shard(self, x, y):
         """This rank's rows of the global batch (x, y): host arrays (B, T)."""
@@ -94,9 +130,9 @@ class DataParallel(SingleProcess):
         rows = slice(self.rank * batch // self.size, (self.rank + 1) * batch // self.size)
         return x[rows], y[rows]
 
-    def _all_reduce(self, buffer, what: str):
-        """Sum `buffer` (a host array) over the ranks in place, waiting at most `timeout` seconds."""
-        request = self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+    def _all_reduce(self, buffer, what: str, op=None):
+        """Sum (or `op`) `buffer` (a host array) over the ranks in place, waiting at most `timeout` seconds."""
+        request = self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=op or self.MPI.SUM)
         deadline = time.monotonic() + self.timeout
         while not request.Test():
             if time.monotonic() > deadline:
@@ -134,6 +170,20 @@ class DataParallel(SingleProcess):
         """The mean over the global batch of a per-rank mean `value` over n_kept targets (the loss, for logs)."""
         pair = self._all_reduce(host.array([value * n_kept, float(n_kept)]), "the losses")
         return float(pair[0] / pair[1])
+
+
+def _timeout() -> float:
+    """TINYLORA_MPI_TIMEOUT in seconds (a positive number), else DEFAULT_TIMEOUT."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give the seconds to wait for the other ranks, a positive number")
+    return value
 
 
 def cuda_aware(MPI) -> bool:

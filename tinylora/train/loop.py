@@ -338,6 +338,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     record = run_record(config, setup)
 
     start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp, method_state)
+    dp.start(start)  # under MPI: every rank starts here, and one that exits before finish() stops the job
     plan = threads.fix_plan(saved_thread_plan(run_dir, start))  # each product's thread count, fixed for the run
     saved_extra = {"run": record, "ranks": dp.size, "threads": plan}
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
@@ -370,6 +371,7 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
         threads.release_plan()  # products follow the load again
         if progress is not None:
             progress.close()
+    dp.finish()
 
     if run_dir and dp.is_writer:
         trained = start < config.max_steps  # False when resuming a finished run: its checkpoint is there

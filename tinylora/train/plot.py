@@ -1,9 +1,17 @@
-"""Loss curves as PNG files. matplotlib is optional: without it, plotting says so and returns."""
+"""Loss curves as PNG files. matplotlib is optional: without it, plotting says so and returns.
+
+A run's loss plot is a side output: plot_losses never stops the run that called it (a full disk,
+a broken matplotlib: one warning line, and the run goes on to save its result). PNGs are written
+atomically, so a failed write leaves no half file.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
+
+from tinylora.io import _atomic_write
 
 
 def _pyplot():
@@ -24,8 +32,15 @@ def read_metrics(path) -> list[dict]:
 
 
 def plot_losses(metrics_path, png_path, title: str = "training") -> bool:
-    """Training and validation loss against step, from a metrics.jsonl file. Returns True if written."""
-    return plot_runs({"": metrics_path}, png_path, title)
+    """Training and validation loss against step, from a metrics.jsonl file. Returns True if written.
+
+    Never raises: the plot is not what a run is for, so a failure is a warning naming the file."""
+    try:
+        return plot_runs({"": metrics_path}, png_path, title)
+    except Exception as err:  # noqa: BLE001 (any failure of a side output; the run's result matters more)
+        warnings.warn(f"{png_path} was not written ({' '.join(str(err).split()) or type(err).__name__}); "
+                      "the run's results are unaffected", RuntimeWarning, stacklevel=2)
+        return False
 
 
 def plot_runs(runs: dict, png_path, title: str) -> bool:
@@ -47,6 +62,8 @@ def plot_runs(runs: dict, png_path, title: str) -> bool:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        _atomic_write(png_path, lambda temp: fig.savefig(temp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return True
