@@ -169,7 +169,7 @@ def add_memory_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--paged-optimizer", action="store_true",
                    help="QLoRA's paged optimizer state (a GPU feature; refused here, see the error)")
     g.add_argument("--checkpoint-activations", action="store_true", help="recompute each block in backward")
-    g.add_argument("--chunked-loss", type=int, nargs="?", const=256, default=None, metavar="ROWS",
+    g.add_argument("--chunked-loss", type=flags.POSITIVE_INT, nargs="?", const=256, default=None, metavar="ROWS",
                    help="fused LM head + loss in chunks of ROWS positions (default 256): no (B, T, V) logits")
 
 
