@@ -217,3 +217,9 @@ def test_cli_qlora_adapter_generates_evaluates_on_the_rebuilt_base_and_merges_to
     assert code == 0 and "QLoRA" in out, err
     code, out, err = cli(capsys, "merge", "--adapter", adapter, "--out", tmp_path / "merged")
     assert code == 0 and "dequantized" in out, err
+
+
+def test_a_folder_in_the_old_baseline_format_is_one_line(tmp_path):
+    write_json_atomic(tmp_path / "method_config.json", {"format": "tinylora-method", "method": "bitfit"})
+    with pytest.raises(FileNotFoundError, match="method_config.json, the baselines' format before"):
+        load_any_adapter(fresh(), tmp_path)

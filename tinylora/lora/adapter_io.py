@@ -398,6 +398,9 @@ def _adapter_files(path) -> tuple[str, str]:
         if os.path.exists(os.path.join(inner, CONFIG_FILE)):
             raise FileNotFoundError(f"{config_path} not found; {path} looks like a run folder: "
                                     f"did you mean {inner}?")
+        if os.path.exists(os.path.join(path, "method_config.json")):
+            raise FileNotFoundError(f"{path} holds method_config.json, the baselines' format before every method "
+                                    f"wrote {CONFIG_FILE}: run finetune again to write it in the current format")
         what = "does not exist" if not os.path.exists(path) else f"has no {CONFIG_FILE}"
         raise FileNotFoundError(f"adapter folder {path} {what} (an adapter is what save_adapter or "
                                 "`tinylora finetune` writes: adapter_config.json + adapter.safetensors)")
