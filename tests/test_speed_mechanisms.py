@@ -269,6 +269,8 @@ def test_a_thread_plan_fixes_every_product_and_a_saved_plan_is_used_as_it_is(mon
         assert threads.fix_plan() == {"large_product_threads": 2, "small_flops": threads.SMALL_FLOPS}
         monkeypatch.setattr(threads, "free_cores", lambda: 1)  # the load changes during the run: the plan does not
         assert [threads.threads_for(f) for f in (1e3, 1e12)] == [1, 2]
+        monkeypatch.setattr(threads, "_limit", 3)
+        assert threads.fix_plan(measure=False)["large_product_threads"] == 3  # MPI ranks: the limit, not the load
         saved = {"large_product_threads": 1, "small_flops": 0}  # a checkpoint's plan wins over the measurement
         assert threads.fix_plan(saved) == saved and threads.threads_for(1e3) == 1
         for bad in ({"large_product_threads": 0, "small_flops": 0}, {"small_flops": 2e6}, [2, 2e6],

@@ -335,7 +335,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
     record = run_record(config, setup)
 
     start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp)
-    plan = threads.fix_plan(saved_thread_plan(run_dir, start))  # each product's thread count, fixed for the run
+    # each product's thread count, fixed for the run (MPI ranks take the limit, so that they all agree)
+    plan = threads.fix_plan(saved_thread_plan(run_dir, start), measure=dp.size == 1)
     saved_extra = {"run": record, "ranks": dp.size, "threads": plan}
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
     progress = _Progress(config, start) if dp.is_writer else None
