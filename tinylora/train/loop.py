@@ -248,8 +248,9 @@ def saved_thread_plan(run_dir, start: int) -> dict | None:
     checkpoint that recorded none; then the plan is measured afresh)."""
     if not run_dir or start == 0:
         return None
-    extra = read_json(os.path.join(ckpt.latest_checkpoint(run_dir), "state.json"))["extra"]
-    return extra.get("threads")
+    path = os.path.join(ckpt.latest_checkpoint(run_dir), "state.json")
+    plan = read_json(path)["extra"].get("threads")
+    return None if plan is None else threads.check_plan(plan, where=path)
 
 
 # ------------------------------------------------------------------ one step

@@ -218,13 +218,18 @@ def fix_plan(plan: dict | None = None, measure: bool = True) -> dict:
             time.sleep(INTERVAL)
         count = _threads(small=False) if measure else get_num_threads()
         plan = {"large_product_threads": count, "small_flops": SMALL_FLOPS if _adaptive else 0}
+    _plan = check_plan(plan)
+    return dict(_plan)
+
+
+def check_plan(plan, where: str = "") -> dict:
+    """`plan` if it is a valid plan (see fix_plan), else a ValueError naming `where` (a file) and what is wrong."""
     count, small = (plan.get("large_product_threads"), plan.get("small_flops")) if isinstance(plan, dict) else (0, 0)
     if (not isinstance(count, int) or isinstance(count, bool) or count < 1
             or not isinstance(small, (int, float)) or isinstance(small, bool) or not 0 <= small < math.inf):
-        raise ValueError(f"thread plan {plan!r}: expected {{'large_product_threads': a positive int, "
-                         "'small_flops': a number >= 0}")
-    _plan = {"large_product_threads": count, "small_flops": small}
-    return dict(_plan)
+        raise ValueError(f"{where + ': ' if where else ''}thread plan {plan!r}: expected "
+                         "{'large_product_threads': a positive int, 'small_flops': a number >= 0}")
+    return {"large_product_threads": count, "small_flops": small}
 
 
 def current_plan() -> dict | None:
