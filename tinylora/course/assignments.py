@@ -86,7 +86,9 @@ A2 = Assignment(
 A3 = Assignment(
     "A3", "Fused ops", "tutorials/course/A3_fused_ops.ipynb", "tests/course/test_a3_fused.py", (
         Task(1, "softmax", ((f"{OPS}/softmax.py", "Softmax.forward"), (f"{OPS}/softmax.py", "Softmax.backward")),
-             "a stable softmax along one axis (subtract the max) and its backward dx = y * (dy - sum(dy * y))"),
+             "a stable softmax along one axis (subtract the max) and its backward dx = y * (dy - sum(dy * y))",
+             copies=(("tinylora/engine/kernels/softmax.py", "rows_forward"),
+                     ("tinylora/engine/kernels/softmax.py", "causal_backward"))),
         Task(2, "cross-entropy", ((f"{OPS}/loss.py", "CrossEntropy.backward"),),
              "backward of mean cross-entropy: (softmax - onehot) / N on kept rows, 0 on ignored ones"),
         Task(3, "layer norm", ((f"{OPS}/layer_norm.py", "LayerNorm.backward"),),
