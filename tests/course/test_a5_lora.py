@@ -142,6 +142,27 @@ def test_q_and_v_fuse_into_one_c_attn_lora_of_rank_2r():
     np.testing.assert_allclose(fused[16:], delta(v), rtol=1e-12, atol=1e-14, err_msg="rows 2C..3C are v's ΔW")
 
 
+@pytest.mark.a5_task5
+def test_q_and_v_with_different_alpha_keep_each_their_own_scaling_in_the_fused_block():
+    model = tiny_gpt()
+    apply_lora(model, r=2, alpha=4.0, targets=("q", "v"))
+    layers = dict(lora_layers(model))
+    q, v = layers["blocks.0.attn.q"], layers["blocks.0.attn.v"]
+    v.alpha, v.scaling = 12.0, 12.0 / v.r  # v's α/r is 3 times q's: one c_attn must still compute both
+    for layer in (q, v):
+        randomize_b(layer, seed=id(layer) % 100)
+    A, B, alpha = _fuse([("q", q), ("v", v)], C=8)
+    fused = alpha / A.shape[0] * B @ A  # PEFT's one scaling α'/R for the whole c_attn
+
+    def delta(layer):
+        return layer.scaling * layer.lora_B.detach().numpy() @ layer.lora_A.detach().numpy()
+
+    np.testing.assert_allclose(fused[:8], delta(q), rtol=1e-12, atol=1e-14,
+                               err_msg="q's rows of the fused update must carry q's own α/r")
+    np.testing.assert_allclose(fused[16:], delta(v), rtol=1e-12, atol=1e-14,
+                               err_msg="v's rows of the fused update must carry v's own α/r, not q's")
+
+
 @pytest.mark.a5_task2
 def test_a_merged_layer_adds_delta_w_once():
     layer = lora64()
