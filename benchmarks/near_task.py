@@ -7,8 +7,8 @@ this machine; nothing is downloaded or shipped). The far task, E2E restaurant de
 benchmarks/table3_e2e.py.
 
     # 1. bases of three sizes, all with base-mini's recipe (1500 steps, batch 16, lr 2e-3, warm-up 100):
+    python -m benchmarks.near_task pretrain --size nano --out runs/bases/nano
     python -m benchmarks.near_task pretrain --size micro --out runs/bases/micro
-    python -m benchmarks.near_task pretrain --size small --out runs/bases/small
     #    (mini is the shipped base-mini, pretrained by the same recipe; tinylora/assets/README.md)
     # 2. one fine-tuning run per (base, method, seed), one result file each:
     python -m benchmarks.near_task finetune --base base-mini --method lora --rank 8 --targets q,v --seed 0
@@ -36,6 +36,7 @@ from . import common
 MODULE = "benchmarks.near_task"
 OUT_DIR = common.RESULTS_DIR / "near_task"
 SIZES = {  # name -> (n_layer, n_head, n_embd); "mini" is the shipped base-mini's shape
+    "nano": (1, 2, 32),
     "micro": (2, 2, 64),
     "small": (3, 4, 96),
     "mini": (4, 4, 128),
@@ -115,7 +116,10 @@ def load_runs(folder=OUT_DIR) -> list[dict]:
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         record = json.loads(Path(path).read_text())
         if record.get("benchmark") == "near_task":
-            runs.append({**record["result"], "file": os.path.basename(path)})
+            machine = record["machine"]
+            runs.append({**record["result"], "file": os.path.basename(path),
+                         "machine_key": [machine.get("cpu_model"), machine.get("physical_cores"), machine.get("gpu")],
+                         "commit": record.get("provenance", {}).get("git", {}).get("commit")})
     return runs
 
 

@@ -96,11 +96,12 @@ def test_download_fetches_a_gpt2_folder_from_the_hub_cache_offline(capsys, tmp_p
 
 @pytest.mark.slow
 def test_analyze_writes_results_for_every_analysis(capsys, tmp_path):
-    code, out, err = cli(capsys, "analyze", "--out", tmp_path, "--ranks", "2,8", "--steps", "2", "--batch-size", "2")
+    code, out, err = cli(capsys, "analyze", "--out", tmp_path, "--ranks", "2,8", "--seeds", "0,1", "--steps", "2",
+                         "--batch-size", "2")
     assert code == 0, err
     results = json.loads((tmp_path / "results.json").read_text())
     assert [row["r"] for row in results["rank_sweep"]] == [2, 8]
-    assert np.array(results["figure3"]["q"]["phi"]).shape == (8, 8)
+    assert np.array(results["figure3"]["q"]["phi"]).shape == (2, 8)  # r = 2 against r = 8, never 8 against itself
     assert np.array(results["figure4"]["v"]["phi"]).shape == (8, 8)
-    assert set(results["table7"]) == {"8"}
+    assert set(results["table7"]) == {"2", "8"}
     assert "Table 7" in (tmp_path / "RESULTS.md").read_text()

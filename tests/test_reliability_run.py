@@ -1,10 +1,11 @@
-"""Reliability of a training run, the command and the data: bad inputs, faults and numerics (issue 9).
+"""Reliability of a training run, the command and the data: bad inputs, faults and numerics.
 
 Each bad input asserts the exit code (or the exact error class) and that the one-line message
 names the culprit (the flag, the file and line, the setting, the tensor). The tables below are
 what the README's "What is guaranteed" counts. Faults: Ctrl-C and SIGKILL then --resume, a killed
 write's leftovers, a full disk (an injected ENOSPC everywhere; a real 64 KiB tmpfs where this
-machine lets a test mount one). Numerics: a NaN/inf step is never applied, checkpointed or saved.
+machine lets a test mount one). Numerics: a NaN/inf step is never applied, checkpointed or saved;
+cross-entropy at extreme logits equals PyTorch's; a resume under another load is bitwise (the thread plan).
 """
 
 import errno
@@ -622,3 +623,99 @@ def test_one_learning_rate_default_for_lora_everywhere():
     assert any("lr=LORA_LR" in "".join(cell["source"]) for cell in cells)
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
     assert "LORA_LR = 3e-2" in readme and math.isclose(tl_train.LORA_LR, 3e-2)  # the README states the value
+
+
+# ------------------------------------------------------------------ numerics: cross-entropy at extreme logits
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["kernels", "readable"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("value", [1e6, 1e8])
+def test_equal_logits_give_the_log_of_the_class_count_at_any_size(monkeypatch, fast_paths, dtype, value):
+    """Known answer: 3 equal logits are a uniform softmax, loss ln 3, gradient (1/3 - onehot) / N. Writing the
+    loss as z[t] - (m + log Σ exp(z - m)) rounds ln 3 away next to 1e8 (it gave 0 at 1e8, 1.125 at 1e6)."""
+    from tinylora.engine import kernels
+
+    monkeypatch.setattr(kernels, "_enabled", fast_paths)
+    logits = tinylora.tensor(np.full((2, 3), value), dtype=dtype, requires_grad=True)
+    loss = tinylora.functional.cross_entropy(logits, np.array([0, 2]))
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+    loss.backward()
+    np.testing.assert_allclose(logits.grad.numpy(), (np.full((2, 3), 1 / 3) - np.eye(3)[[0, 2]]) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["kernels", "readable"])
+def test_cross_entropy_at_extreme_logits_equals_torch(monkeypatch, fast_paths):
+    from conftest import require
+
+    from tinylora.engine import kernels
+
+    torch = require("torch")
+    monkeypatch.setattr(kernels, "_enabled", fast_paths)
+    rows = [([1e8, 1e8, 1e8], 1), ([1e6, 1e6, 1e6], 0), ([1e8, 0.0, -1e8], 1), ([3e4, 3e4 + 1, 3e4 - 1], 2),
+            ([-1e8, -1e8, 5.0], 2), ([1e8, 1e8 + 8, 1e8 - 8], 0)]  # (float32 logits, target): ulp of 1e8 is 8
+    for z, t in rows:
+        z = np.array([z], dtype=np.float32)
+        ours = tinylora.functional.cross_entropy(tinylora.tensor(z), np.array([t])).item()
+        theirs = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor([t])).item()
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6), f"logits {z[0].tolist()}, target {t}"
+
+
+# ------------------------------------------------------------------ resumes are bitwise whatever the load
+# 4 C = 464 is not a multiple of 32: OpenBLAS splits the MLP's (256, 464) @ (464, 116) product differently on 1
+# and 2 threads, so the thread count shows in the weights' last bits (at 4 C = 512 it does not, on this BLAS)
+THREADED = GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=4, n_embd=116, dropout=0.0)
+THREADED_RUN = TrainConfig(max_steps=3, batch_size=4, lr=1e-3, checkpoint_every=1, eval_every=3, eval_batches=1,
+                           progress=False)
+
+
+_BATCH_FOR_STEP = tl_train.batch_for_step
+
+
+def _run_at_load(monkeypatch, run_dir, free_cores: int, resume: bool = False, stop_before: int | None = None):
+    """Train THREADED for THREADED_RUN with at most 2 threads while the load measurement sees `free_cores` free
+    cores; stop_before: a Ctrl-C when the batch of that step is fetched. Returns the weights."""
+    from tinylora.data import TextDataset
+    from tinylora.engine.backend import threads
+
+    monkeypatch.setattr(threads, "_limit", 2)
+    monkeypatch.setattr(threads, "_adaptive", True)
+    monkeypatch.setattr(threads, "free_cores", lambda: free_cores)
+
+    def batch_or_interrupt(dataset, batch_size, seed, step):
+        if step == stop_before:
+            raise KeyboardInterrupt
+        return _BATCH_FOR_STEP(dataset, batch_size, seed, step)
+
+    monkeypatch.setattr(tl_train, "batch_for_step", batch_or_interrupt)
+    tinylora.manual_seed(0)
+    model = GPT(THREADED, device="cpu")
+    data = TextDataset(np.random.default_rng(0).integers(0, 64, 4000), block_size=64)
+    valid = TextDataset(np.random.default_rng(1).integers(0, 64, 400), block_size=64)
+    train(model, data, valid, config=THREADED_RUN, run_dir=run_dir, resume=resume)
+    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+
+
+@pytest.mark.slow  # four short runs, each writing its loss plot: 5-10 s here
+def test_a_resume_under_another_load_uses_the_runs_thread_plan_and_is_bitwise(monkeypatch, tmp_path):
+    """The plan (each product's thread count, fixed for the run, engine/backend/threads.py) is measured when the
+    run starts and kept in its checkpoints; a resume reuses it, so a run resumed on a busier machine multiplies
+    with the same counts and ends with the same bits as a run never stopped."""
+    from tinylora.engine import kernels
+
+    pytest.importorskip("threadpoolctl")  # without it, tinylora never changes a thread count
+    if not kernels.enabled():
+        pytest.skip("TINYLORA_KERNELS=0: every product is a plain a @ b on BLAS's own thread count, nothing to plan")
+    quiet = _run_at_load(monkeypatch, tmp_path / "quiet", free_cores=2)  # 2 threads for every large product
+    busy = _run_at_load(monkeypatch, tmp_path / "busy", free_cores=1)
+    if all(np.array_equal(quiet[n], busy[n]) for n in quiet):
+        pytest.skip("this BLAS computes THREADED's products to the same bits on 1 and 2 threads: nothing to show")
+    assert read_json(str(tmp_path / "quiet" / "step-000001" / "state.json"))["extra"]["threads"] == {
+        "large_product_threads": 2, "small_flops": 2e6}
+
+    with pytest.raises(KeyboardInterrupt):  # started quiet, stopped after the checkpoint of step 1 ...
+        _run_at_load(monkeypatch, tmp_path / "resumed", free_cores=2, stop_before=1)
+    resumed = _run_at_load(monkeypatch, tmp_path / "resumed", free_cores=1, resume=True)  # ... resumed busy
+    for name in quiet:
+        np.testing.assert_array_equal(resumed[name], quiet[name], err_msg=f"{name} after a resume under load")
+    metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "quiet" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("val_loss") for r in metrics] == [r.get("val_loss") for r in straight]

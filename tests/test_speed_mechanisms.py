@@ -272,3 +272,23 @@ def test_tinylora_fake_strict_applies_the_rules_to_test_code_too():
         env = dict(os.environ, PYTHONPATH=ROOT, TINYLORA_FAKE_STRICT=strict)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, (strict, out.stdout, out.stderr)
+
+
+def test_a_thread_plan_fixes_every_product_and_a_saved_plan_is_used_as_it_is(monkeypatch):
+    monkeypatch.setattr(threads, "_tuned", True)
+    monkeypatch.setattr(threads, "_adaptive", True)
+    monkeypatch.setattr(threads, "_limit", 2)
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)
+    try:
+        assert threads.fix_plan() == {"large_product_threads": 2, "small_flops": threads.SMALL_FLOPS}
+        monkeypatch.setattr(threads, "free_cores", lambda: 1)  # the load changes during the run: the plan does not
+        assert [threads.threads_for(f) for f in (1e3, 1e12)] == [1, 2]
+        saved = {"large_product_threads": 1, "small_flops": 0}  # a checkpoint's plan wins over the measurement
+        assert threads.fix_plan(saved) == saved and threads.threads_for(1e3) == 1
+        for bad in ({"large_product_threads": 0, "small_flops": 0}, {"small_flops": 2e6}, [2, 2e6],
+                    {"large_product_threads": 2, "small_flops": float("nan")}):
+            with pytest.raises(ValueError, match="thread plan"):
+                threads.fix_plan(bad)
+    finally:
+        threads.release_plan()
+    assert threads.current_plan() is None and threads.threads_for(1e12) == 1  # the load again: 1 free core

@@ -222,6 +222,17 @@ def test_a_crash_in_the_students_code_is_wrong_and_named():
     assert state == ex.WRONG and "ValueError: shapes do not match" in message
 
 
+def test_a_stubbed_library_function_is_cannot_check_not_a_verdict(monkeypatch):
+    """In a course release the library's unbroadcast is a stub: the check must not call the student wrong."""
+    import tinylora.engine.ops._util as util
+
+    def stub(grad, shape):
+        raise NotImplementedError("A1 task 1: sum the gradient over the axes that broadcasting stretched")
+
+    monkeypatch.setattr(util, "unbroadcast", stub)
+    assert status("02.2", lambda g, shape: g) == ex.CANNOT_CHECK
+
+
 def test_the_message_never_holds_the_answer():
     right = mini_count(2, ("q", "v", "fc"), "trainable")
     for guess in (right + 1, right - 1, 0):

@@ -12,8 +12,9 @@ output of its own layer or op on random inputs), so it is written nowhere, and o
 printed: a hint says what kind of mistake it is (a shape, a factor), never the value.
 
 `...` (the placeholder a notebook ships with) and a function that still raises NotImplementedError are
-"not attempted yet", so every notebook runs top to bottom before you start. `verdict()` returns the
-verdict instead of printing it (tests/test_tutorial_exercises.py uses it).
+"not attempted yet", so every notebook runs top to bottom before you start. In a course release, where
+the tinylora function a check compares with is itself a stub, the check says "cannot check" rather than
+judge. `verdict()` returns the verdict instead of printing it (tests/test_tutorial_exercises.py uses it).
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from typing import Callable
 
 import numpy as np
 
-RIGHT, WRONG, NOT_ATTEMPTED = "right", "wrong", "not attempted yet"
+RIGHT, WRONG, NOT_ATTEMPTED, CANNOT_CHECK = "right", "wrong", "not attempted yet", "cannot check"
 
 
 class Wrong(Exception):
     """Raised by a judge with a hint that does not give the answer away."""
+
+
+class NotAttempted(Exception):
+    """The student's function still raises NotImplementedError."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,11 @@ def verdict(name: str, answer, **context) -> tuple[str, str]:
         return NOT_ATTEMPTED, f"{name}: not attempted yet (replace ... with {EXERCISES[name].asks})"
     try:
         EXERCISES[name].judge(answer, **context)
-    except NotImplementedError:
+    except NotAttempted:
         return NOT_ATTEMPTED, f"{name}: not attempted yet (your function still raises NotImplementedError)"
+    except NotImplementedError as stub:  # tinylora's own code, not the student's: a course release stubs it
+        return CANNOT_CHECK, (f"{name}: cannot check here: the tinylora code this check compares with is a stub "
+                              f"in this copy ({stub}); run it with the reference installed")
     except Wrong as hint:
         return WRONG, f"{name}: wrong: {hint}"
     return RIGHT, f"{name}: right"
@@ -87,7 +95,7 @@ def _call(function, *args):
     try:
         return function(*args)
     except NotImplementedError:
-        raise
+        raise NotAttempted from None
     except Exception as err:  # the student's code: any error is a wrong answer, named
         raise Wrong(f"your function raised {type(err).__name__}: {err}") from None
 

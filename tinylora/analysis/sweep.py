@@ -3,6 +3,7 @@
     results = rank_sweep(load_base, train_set, val_set, ranks=(1, 2, 4, 8, 16, 64))
     results[i]["val_loss"]                      validation loss after training with rank ranks[i]
     results[i]["updates"][name]                 {"A" (r, k), "B" (d, r), "scaling", "W0" (d, k)} per layer
+    save_updates(results[i], "r8.safetensors")  A and B as safetensors; load_updates(path, base) reads them back
 
 α is held fixed while r varies (the paper's practice: α is set to the first r tried and not
 tuned), so the update ΔW = (α/r) B A is compared at one learning rate across ranks.
@@ -49,3 +50,35 @@ def train_adapter(load_base, train_set, val_set, r: int, alpha: float | None = 8
 def rank_sweep(load_base, train_set, val_set, ranks=(1, 2, 4, 8, 16, 64), **kwargs) -> list:
     """train_adapter for each rank (same seed, α, steps, learning rate); a list of their result dicts."""
     return [train_adapter(load_base, train_set, val_set, r, **kwargs) for r in ranks]
+
+
+def save_updates(run: dict, path) -> None:
+    """Write one trained adapter (a train_adapter result) as safetensors: "<layer>.lora_A" (r, k) and
+    "<layer>.lora_B" (d, r) per layer, float32, with r, α, seed and the validation losses as metadata,
+    so the analyses of it can be recomputed (load_updates)."""
+    from tinylora.io import save_tensors
+
+    tensors = {}
+    for name, update in run["updates"].items():
+        tensors[f"{name}.lora_A"] = update["A"].astype("float32")
+        tensors[f"{name}.lora_B"] = update["B"].astype("float32")
+    meta = {k: str(run[k]) for k in ("r", "alpha", "seed", "val_loss", "val_loss_before")}
+    meta["scaling"] = repr(float(next(iter(run["updates"].values()))["scaling"]))  # α/r, the same in every layer
+    save_tensors(path, tensors, metadata=meta)
+
+
+def load_updates(path, base_model) -> dict:
+    """name -> {"A", "B", "scaling", "W0", "delta"} from a save_updates file and the base it was trained on."""
+    from tinylora.io import load_metadata, load_tensors
+
+    tensors, meta = load_tensors(path), load_metadata(path)
+    scaling = float(meta["scaling"])
+    weights = dict(base_model.named_parameters())
+    updates = {}
+    for key in tensors:
+        if key.endswith(".lora_A"):
+            name = key[: -len(".lora_A")]
+            a, b = tensors[key], tensors[f"{name}.lora_B"]
+            updates[name] = {"A": a, "B": b, "scaling": scaling, "W0": to_host(weights[f"{name}.weight"].data),
+                             "delta": scaling * (b.astype("float64") @ a.astype("float64"))}
+    return updates

@@ -1,19 +1,24 @@
-"""`tinylora demo`: the LoRA paper's story on a laptop, in about two minutes, with no download.
+"""`tinylora demo`: the LoRA paper's story on a laptop, with no download: where LoRA matches full
+fine-tuning, and where it does not.
 
 1. Load the small GPT base shipped in the package ("base-mini", pretrained by
    `tinylora pretrain` on this Python's standard-library source; see
    tinylora/assets/README.md for the exact command).
-2. Make a data-to-text task in the style of the paper's E2E NLG experiment: a
+2. The near task: more Python, from code the base never saw (NumPy's own *.py files,
+   installed with NumPy on every machine that runs tinylora; 10% held out). LoRA adapts
+   what a pretrained model already knows, which is the situation the paper's claim is about.
+3. The far task: a data-to-text task in the style of the paper's E2E NLG experiment. A
    meaning representation such as
        name[The Eagle], eatType[coffee shop], food[French], area[riverside]
-   is to be turned into a sentence about the restaurant. The examples are
-   generated from templates (tinylora.data.e2e), so nothing is downloaded.
-3. Fine-tune the base twice on it: full fine-tuning (every weight trains, AdamW
-   keeps two moments for each) and LoRA with r = 4 on W_q and W_v (only A and
-   B train).
-4. Print one table: trainable parameters, peak training memory, time per step,
-   validation loss before and after, how far merged and unmerged LoRA outputs
-   differ, and the size of what each method has to store. Save a plot.
+   is to be turned into a sentence about the restaurant (generated from templates,
+   tinylora.data.e2e). English restaurant descriptions are far from Python source: the base
+   knows little of them, and a rank-8 update of W_q and W_v is not enough to teach them.
+4. Fine-tune the base on each task twice: full fine-tuning (every weight trains, AdamW
+   keeps two moments for each) and LoRA with r = 8 on W_q and W_v (only A and B train).
+5. Print one table per task: trainable parameters, peak training memory, time per step,
+   validation loss before and after, LoRA's loss against full fine-tuning's, how far
+   merged and unmerged LoRA outputs differ, and the size of what each method has to store.
+   Then one greedy sample per model and task. Save a plot.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import time
 import numpy as np
 
 from tinylora import manual_seed, tensor
-from tinylora.data import PairDataset, e2e_pair, make_e2e
+from tinylora.analysis.provenance import provenance
+from tinylora.data import PairDataset, e2e_pair, load_text_dataset, make_e2e
 from tinylora.engine.backend import memory
+from tinylora.io import write_json_atomic
 from tinylora.lora import apply_lora, merge_lora, parameter_report, save_adapter, unmerge_lora
 from tinylora.model.generate import generate
 from tinylora.model.load import load_model, save_model
@@ -35,21 +42,53 @@ from tinylora.train.loop import FULL_LR, LORA_LR, TrainConfig, eval_batches, tra
 from tinylora.train.plot import plot_runs
 
 DEFAULT_STEPS = 150
+LORA_RANK = 8
 SETTINGS = {  # method -> (learning rate, LoRA rank or None): the package's defaults (README, "Learning rates")
     "full": (FULL_LR, None),
-    "lora": (LORA_LR, 4),
+    "lora": (LORA_LR, LORA_RANK),
 }
-MAX_EXAMPLE_BYTES = 200  # keep examples that fit the base's 256-byte context with room to spare
+TASKS = {  # task -> its title
+    "near": "near task: Python the base never saw (NumPy's source)",
+    "far": "far task: E2E-style restaurant descriptions",
+}
+MAX_EXAMPLE_BYTES = 200  # keep E2E examples that fit the base's 256-byte context with room to spare
+NEAR_PROMPT_BYTES = 96  # the near task's sample continues this many bytes of held-out code
+
+
+def numpy_source() -> str:
+    """A glob of NumPy's installed *.py files: Python the stdlib-trained base never saw."""
+    return os.path.join(os.path.dirname(np.__file__), "**", "*.py")
 
 
 def _datasets(tokenizer, block_size: int, n_train: int = 2000, n_val: int = 128):
-    """2000 training and 128 validation examples of at most MAX_EXAMPLE_BYTES (about 30% of those generated)."""
+    """The far task: 2000 training and 128 validation examples of at most MAX_EXAMPLE_BYTES
+    (about 30% of those generated)."""
     rows = [r for r in make_e2e(4 * (n_train + n_val), seed=0)
             if len(f"{r['mr']} || {r['ref']}".encode()) <= MAX_EXAMPLE_BYTES]
     pairs = [e2e_pair(r["mr"], r["ref"]) for r in rows[: n_train + n_val]]
     if len(pairs) < n_train + n_val:
         raise RuntimeError(f"only {len(pairs)} short examples generated; the demo needs {n_train + n_val}")
     return PairDataset(pairs[:n_train], tokenizer, block_size), PairDataset(pairs[n_train:], tokenizer, block_size)
+
+
+def near_datasets(tokenizer, block_size: int):
+    """The near task: NumPy's source as next-byte windows, 10% of its chunks held out (the same split for
+    every seed)."""
+    return load_text_dataset(numpy_source(), tokenizer, block_size, val_fraction=0.1, seed=0)
+
+
+def _task_data(task: str, tokenizer, block_size: int):
+    return near_datasets(tokenizer, block_size) if task == "near" else _datasets(tokenizer, block_size)
+
+
+def _sample_prompt(task: str, val_set, tokenizer) -> str:
+    """The far task: the first validation MR; the near task: the first line-starting NEAR_PROMPT_BYTES of
+    held-out code."""
+    if task == "far":
+        return val_set.pairs[0]["prompt"]
+    text = tokenizer.decode([int(t) for t in val_set.tokens[:4096] if t != tokenizer.eot_id])
+    start = text.find("\n") + 1  # begin at a line start
+    return text[start: start + NEAR_PROMPT_BYTES]
 
 
 def _mib(n_bytes: float) -> str:
@@ -71,32 +110,61 @@ def _merge_difference(model, batch) -> float:
     return float(np.max(np.abs(unmerged - merged)))
 
 
-def _sample(model, tokenizer, prompt: str, device) -> str:
+def _sample(model, tokenizer, prompt: str, device, stop: bool = True) -> str:
+    """120 greedy tokens after `prompt` (until the end token if `stop`)."""
     ids = tensor([tokenizer.encode(prompt)], device=device)
-    out = generate(model, ids, max_new_tokens=120, temperature=0.0, eos_token=tokenizer.eot_id)
-    return decode_text(tokenizer, out.numpy()[0, ids.shape[1]:]).strip()
+    out = generate(model, ids, max_new_tokens=120, temperature=0.0, eos_token=tokenizer.eot_id if stop else None)
+    text = decode_text(tokenizer, out.numpy()[0, ids.shape[1]:])
+    return text.strip() if stop else text
 
 
-def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None) -> dict:
-    """Run the demo, print its table, and return the measured numbers. Replaces what `out_dir` held."""
+def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, tasks=("near", "far")) -> dict:
+    """Run the demo, print its tables, and return the measured numbers {task: {method: row}}.
+    Replaces what `out_dir` held."""
     steps = DEFAULT_STEPS if steps is None else steps
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the demo needs steps >= 1, got {steps!r}")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"the demo's tasks are {', '.join(TASKS)}; got {list(tasks)!r}")
     os.makedirs(out_dir, exist_ok=True)
     started = time.perf_counter()
+    results = {task: run_task(task, out_dir, steps, device) for task in tasks}
+    for task, rows in results.items():
+        print(f"\n{TASKS[task]}")
+        print_table(rows)
+        print(f"\nexample: {rows['lora']['sample_prompt']!r}")
+        for row in rows.values():
+            print(f"  {row['title']:<22} -> {row['sample']!r}")
+    if "near" in results and "far" in results:
+        near, far = (results[t]["lora"]["val_after"] / results[t]["full"]["val_after"] for t in ("near", "far"))
+        print(f"\nLoRA's validation loss / full fine-tuning's: near task {near:.2f}, far task {far:.2f}. LoRA adapts "
+              "what the base knows;\nteaching it a new domain needs more than a rank-8 update of W_q and W_v.")
+    seconds = time.perf_counter() - started
+    write_json_atomic(os.path.join(out_dir, "demo.json"), {
+        "steps": steps, "seconds": seconds, "provenance": provenance(device=str(device or "cpu")),
+        "tasks": {task: {m: {k: v for k, v in row.items() if k != "peak_split"} for m, row in rows.items()}
+                  for task, rows in results.items()}})
+    print(f"\nplots: {out_dir}/<task>/demo.png   runs: {out_dir}/<task>/full, {out_dir}/<task>/lora   "
+          f"numbers: {out_dir}/demo.json   total time {seconds:.0f} s")
+    return results
+
+
+def run_task(task: str, out_dir: str, steps: int, device=None) -> dict:
+    """Full fine-tuning and LoRA on one task; {method: row of measured numbers}."""
     rows = {}
     for method, (lr, rank) in SETTINGS.items():
         manual_seed(0)
         model, tokenizer = load_model("base-mini", device=device)
-        train_set, val_set = _datasets(tokenizer, model.config.block_size)
+        train_set, val_set = _task_data(task, tokenizer, model.config.block_size)
         if rank:
             apply_lora(model, r=rank, targets=("q", "v"))
         report = parameter_report(model)
         title = "full fine-tuning" if method == "full" else f"LoRA r={rank} on q,v"
-        print(f"\n== {title}: {report['trainable']:,} of {report['total']:,} parameters train")
+        print(f"\n== {task} task, {title}: {report['trainable']:,} of {report['total']:,} parameters train")
         config = TrainConfig(max_steps=steps, batch_size=16, lr=lr, eval_every=max(steps // 5, 1), eval_batches=8,
                              warmup_steps=steps // 10)
-        run_dir = os.path.join(out_dir, method)
+        run_dir = os.path.join(out_dir, task, method)
         result = train(model, train_set, val_set, config, run_dir=run_dir, overwrite=True)  # the demo's own folder
         if rank:
             save_adapter(model, os.path.join(run_dir, "adapter"))
@@ -106,25 +174,18 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None) 
             save_model(model, os.path.join(run_dir, "model"), tokenizer)
             stored = os.path.getsize(os.path.join(run_dir, "model", "model.safetensors"))
             merge_diff = None
-        example = val_set.pairs[0]
+        prompt = _sample_prompt(task, val_set, tokenizer)
         rows[method] = {
             "title": title, "trainable": report["trainable"], "percent": report["percent_trainable"],
             "peak_bytes": result.peak_bytes, "peak_split": result.peak_split, "step_s": result.median_step_time,
             "val_before": result.val_loss_before, "val_after": result.val_loss_after, "merge_diff": merge_diff,
-            "stored_bytes": stored, "sample_prompt": example["prompt"],
-            "sample": _sample(model, tokenizer, example["prompt"], device),
+            "stored_bytes": stored, "sample_prompt": prompt,
+            "sample": _sample(model, tokenizer, prompt, device, stop=task == "far"),
         }
         del model
         memory.reset_peak()
-
-    plotted = plot_runs({r["title"]: os.path.join(out_dir, m, "metrics.jsonl") for m, r in rows.items()},
-                        os.path.join(out_dir, "demo.png"), "E2E-style data-to-text: full fine-tuning vs LoRA")
-    print_table(rows)
-    print(f"\nexample: {rows['lora']['sample_prompt']}")
-    for method, row in rows.items():
-        print(f"  {row['title']:<22} -> {row['sample']}")
-    where = os.path.join(out_dir, "demo.png") if plotted else "(no plot: matplotlib missing)"
-    print(f"\nplot: {where}   runs: {out_dir}/full, {out_dir}/lora   total time {time.perf_counter() - started:.0f} s")
+    plot_runs({r["title"]: os.path.join(out_dir, task, m, "metrics.jsonl") for m, r in rows.items()},
+              os.path.join(out_dir, task, "demo.png"), f"{TASKS[task]}: full fine-tuning vs LoRA")
     return rows
 
 
@@ -140,6 +201,9 @@ def print_table(rows: dict) -> None:
         ("time per step (median)", f"{full['step_s'] * 1000:.0f} ms", f"{lora['step_s'] * 1000:.0f} ms"),
         ("validation loss before", f"{full['val_before']:.3f}", f"{lora['val_before']:.3f}"),
         ("validation loss after", f"{full['val_after']:.3f}", f"{lora['val_after']:.3f}"),
+        ("LoRA's loss / full's", "", f"{lora['val_after'] / full['val_after']:.2f}"),
+        ("LoRA's share of full's gain", "",
+         f"{(lora['val_before'] - lora['val_after']) / (full['val_before'] - full['val_after']):.0%}"),
         ("merged vs unmerged max |diff|", "n/a", f"{lora['merge_diff']:.1e}"),
         ("file to store", f"{_size(full['stored_bytes'])} (model)", f"{_size(lora['stored_bytes'])} (adapter)"),
     ]
@@ -155,10 +219,12 @@ def print_table(rows: dict) -> None:
 def add_parser(sub) -> None:
     from tinylora.cli import flags
 
-    p = sub.add_parser("demo", help="fine-tune the shipped base twice (full and LoRA) and compare",
-                       description="Fine-tune the shipped base model on a data-to-text task, full and LoRA r=4 "
-                                   "on q,v, and print one table comparing them. No download.")
-    p.add_argument("--steps", type=flags.POSITIVE_INT, default=None, help="fine-tuning steps per method (default: 150)")
+    p = sub.add_parser("demo", help="fine-tune the shipped base fully and with LoRA, on a near and a far task",
+                       description="Fine-tune the shipped base model fully and with LoRA r=8 on q,v, on a near "
+                                   "task (Python it never saw) and a far one (E2E-style restaurant sentences), "
+                                   "and print one table per task comparing them. No download.")
+    p.add_argument("--steps", type=flags.POSITIVE_INT, default=None,
+                   help=f"fine-tuning steps per method and task (default: {DEFAULT_STEPS})")
     p.add_argument("--out", default="runs/demo", help="where plots, metrics and files go (replaced on each run)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: TINYLORA_DEVICE, else cpu)")
 

@@ -6,7 +6,8 @@ A checkpoint is a folder:
         trainable.safetensors   the trainable parameters only (a LoRA adapter's A and B,
                                 or every weight for full fine-tuning), by parameter name
         optimizer.safetensors   the optimizer's state arrays (Adam's m and v, ...)
-        state.json              step, optimizer/scheduler settings, RNG state, run config
+        state.json              step, optimizer/scheduler settings, RNG state, run config and thread
+                                plan (extra: what train() passes, see train/loop.py)
         method_state.safetensors  a method's own training state, if it has one (AdaLoRA's importance
                                 scores and rank pattern: RankAllocator.state_dict)
 

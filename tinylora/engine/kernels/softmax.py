@@ -5,7 +5,8 @@ The math is in engine/ops/attention.py (CausalSoftmax) and engine/ops/loss.py (C
 
     causal:  y = softmax(scale * s) over the visible positions, 0 where `future`;
              ds = scale * y * (dy - sum(dy * y))
-    rows:    p = exp(z - m) / sum(exp(z - m)),  m = max(z);  also log sum(exp(z)) = m + log sum(exp(z - m))
+    rows:    p = exp(z - m) / sum(exp(z - m)),  m = max(z);  also m and log sum(exp(z - m)), apart (the loss
+             takes m off z[t] first: adding m back here would round the small term away at z = 1e8)
 """
 
 from __future__ import annotations
@@ -54,18 +55,21 @@ def causal_backward(xp, y, grad, scale):
 
 
 def rows_forward(xp, z):
-    """Softmax of each row of z (N, C), C-contiguous. Returns (p, lse): p (N, C) new, lse (N,) = log sum exp(z)."""
+    """Softmax of each row of z (N, C), C-contiguous. Returns (p, m, log_total): p (N, C) new,
+    m (N,) = max(z), log_total (N,) = log sum exp(z - m)."""
     p = xp.empty_like(z)
-    lse = xp.empty(z.shape[0], dtype=z.dtype)
+    m = xp.empty(z.shape[0], dtype=z.dtype)
+    log_total = xp.empty(z.shape[0], dtype=z.dtype)
 
     def kernel(i, j):
         pb = p[i:j]
-        m = z[i:j].max(axis=1, keepdims=True)
-        xp.subtract(z[i:j], m, out=pb)
+        mb = z[i:j].max(axis=1, keepdims=True)
+        xp.subtract(z[i:j], mb, out=pb)
         xp.exp(pb, out=pb)
         total = pb.sum(axis=1, keepdims=True)
         pb /= total
-        lse[i:j] = m[:, 0] + xp.log(total[:, 0])
+        m[i:j] = mb[:, 0]
+        log_total[i:j] = xp.log(total[:, 0])
 
     blocks.run(kernel, z.shape[0], z.shape[1], like=z)
-    return p, lse
+    return p, m, log_total

@@ -17,7 +17,8 @@ from tinylora.engine.kernels import softmax as fast
 
 class CrossEntropy(Function):
     """loss = -(1/M) sum over kept n of log softmax(z_n)[t_n];  z: (N, C) logits, t: (N,) targets,
-    kept: t_n != ignore_index, M: how many are kept.
+    kept: t_n != ignore_index, M: how many are kept;  log softmax(z)[t] = (z[t] - m) - log sum exp(z - m),
+    m = max(z) (the max taken off first: equal logits of 1e8 still give log C).
 
         dz_n = (softmax(z_n) - onehot(t_n)) * dL / M for kept n, 0 for ignored n
 
@@ -39,14 +40,16 @@ class CrossEntropy(Function):
         if t_safe.min().item() < 0 or t_safe.max().item() >= n_classes:
             raise IndexError(f"cross_entropy: targets must lie in [0, {n_classes}) or equal ignore_index={ignore_index}")
         if kernels.use(z):
-            probs, lse = fast.rows_forward(xp, z)
+            probs, row_max, log_total = fast.rows_forward(xp, z)
         else:
-            row_max = z.max(axis=1, keepdims=True)  # (N, 1)
+            row_max = z.max(axis=1, keepdims=True)  # (N, 1) m
             e = xp.exp(z - row_max)  # (N, C)
             total = e.sum(axis=1, keepdims=True)  # (N, 1)
             probs = e / total  # softmax(z)
-            lse = row_max[:, 0] + xp.log(total[:, 0])  # (N,) log sum exp(z), computed stably
-        log_p_target = z[xp.arange(z.shape[0]), t_safe] - lse  # log softmax(z)[t] = z[t] - log sum exp(z)
+            row_max, log_total = row_max[:, 0], xp.log(total[:, 0])  # (N,) m and log sum exp(z - m)
+        # log softmax(z)[t] = (z[t] - m) - log sum exp(z - m): m comes off z[t] before anything is added, so a
+        # logit of 1e8 keeps the small terms (z[t] - (m + log sum exp(z - m)) would round them away)
+        log_p_target = (z[xp.arange(z.shape[0]), t_safe] - row_max) - log_total
         loss = -(log_p_target * keep).sum() / kept
         self.shape, self.kept = logits.shape, kept
         self.save_for_backward(probs, t_safe, keep)
