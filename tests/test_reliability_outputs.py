@@ -191,3 +191,38 @@ def test_a_full_disk_while_writing_the_loss_plot_still_saves_the_adapter(capsys,
     warning = [line for line in err.splitlines() if "loss.png" in line]
     assert len(warning) == 1 and warning[0].startswith("tinylora: warning: ") and "No space left" in warning[0]
     assert not (run / "loss.png").exists() and not [n for n in os.listdir(run) if n.endswith(".tmp")]
+
+
+def test_requests_that_are_not_utf8_name_file_offset_and_line(capsys, tmp_path, base, adapter):  # noqa: F811
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(b'{"prompt": "hi"}\n{"prompt": "caf\xe9"}\n')
+    code, _, err = cli(capsys, "serve", "--model", base, "--requests", requests, "--out", tmp_path / "out.jsonl")
+    line = one_error_line(err)
+    assert code == 2 and str(requests) in line and "line 2" in line
+
+
+@pytest.mark.parametrize("can_exchange", [True, False])
+def test_a_folder_written_over_an_old_one_is_whole_and_leaves_nothing_behind(monkeypatch, tmp_path, can_exchange):
+    """write_folder_atomic over an existing folder, with the atomic exchange and with the two-rename fallback."""
+    from tinylora import io
+
+    if not can_exchange:
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+
+    def write(temp):
+        with open(os.path.join(temp, "new.txt"), "w") as f:
+            f.write("new")
+
+    io.write_folder_atomic(folder, write)
+    assert sorted(os.listdir(folder)) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+    def fails(temp):
+        write(temp)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="cannot write"):
+        io.write_folder_atomic(folder, fails)
+    assert sorted(os.listdir(folder)) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
