@@ -226,3 +226,29 @@ def test_a_folder_written_over_an_old_one_is_whole_and_leaves_nothing_behind(mon
     with pytest.raises(OSError, match="cannot write"):
         io.write_folder_atomic(folder, fails)
     assert sorted(os.listdir(folder)) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+@pytest.mark.slow
+def test_merge_overwrite_killed_at_any_moment_leaves_the_old_model_or_the_new(tmp_path, base, adapter):  # noqa: F811
+    """A real `kill -9` of `merge --overwrite` at spread-out moments: the folder is always one whole model."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    merge = [sys.executable, "-m", "tinylora.cli", "merge", "--base", base, "--adapter", adapter, "--overwrite"]
+    assert subprocess.run([*merge, "--out", tmp_path / "new"], env=env, capture_output=True).returncode == 0
+    new = _folder_state(tmp_path / "new")
+    out = tmp_path / "merged"
+    for delay in (0.2, 0.6, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0):
+        model, tokenizer = load_model(base)
+        save_model(model, out, tokenizer)  # the old model, again
+        old = _folder_state(out)
+        proc = subprocess.Popen([*merge, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = _folder_state(out)
+        assert state in (old, new), f"killed after {delay} s: a mix of {sorted(state)}"
