@@ -105,3 +105,12 @@ def test_a_valid_header_still_reads(tmp_path):
               "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}, "__metadata__": {"k": "v"}}
     tensors = load_tensors(safetensors_file(tmp_path / "ok.safetensors", header))
     assert sorted(tensors) == ["a", "b"] and tensors["a"].shape == (2,)
+
+
+def test_a_metrics_line_cut_short_is_named_by_file_and_line(tmp_path):
+    from tinylora.train.plot import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', encoding="utf-8")
+    with pytest.raises(FileFormatError, match=f"{path}:2"):
+        read_metrics(path)
