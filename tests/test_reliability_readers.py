@@ -114,3 +114,18 @@ def test_a_metrics_line_cut_short_is_named_by_file_and_line(tmp_path):
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', encoding="utf-8")
     with pytest.raises(FileFormatError, match=f"{path}:2"):
         read_metrics(path)
+
+
+def test_a_checkpoint_state_without_its_extra_is_one_line(capsys, tmp_path, base):  # noqa: F811
+    from test_cli import FAST, some_text
+
+    data = tmp_path / "notes.txt"
+    data.write_text(some_text(1), encoding="utf-8")
+    args = ["finetune", "--base", base, "--data", data, "--out", tmp_path / "run", *FAST, "--checkpoint-every", "1"]
+    assert cli(capsys, *args)[0] == 0
+    state = tmp_path / "run" / "step-000003" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["extra"]
+    state.write_text(json.dumps(saved))
+    code, _, err = cli(capsys, *args, "--resume")
+    assert code == 2 and "state.json" in one_error_line(err) and "'extra'" in err
