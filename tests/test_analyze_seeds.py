@@ -8,7 +8,7 @@ import pytest
 from tinylora.analysis import phi_grid
 from tinylora.analysis.sweep import load_updates
 from tinylora.cli.analyze import check_seeds, figure3_ranks, spread
-from tinylora.cli.commands import main
+from tinylora.cli import main
 from tinylora.model.load import load_model
 
 
