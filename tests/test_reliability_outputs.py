@@ -41,8 +41,9 @@ def requests(tmp_path):
 
 
 def _folder_state(folder) -> dict:
-    """{file name: bytes} of every file in `folder`."""
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+    """{file name: bytes} of every file directly in `folder`."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, name))}
 
 
 # ------------------------------------------------------------------ no output names an input
@@ -252,3 +253,48 @@ def test_merge_overwrite_killed_at_any_moment_leaves_the_old_model_or_the_new(tm
         proc.wait()
         state = _folder_state(out)
         assert state in (old, new), f"killed after {delay} s: a mix of {sorted(state)}"
+
+
+def test_a_model_folder_that_holds_a_run_is_replaced_whole_and_keeps_the_run(monkeypatch, tmp_path, base):  # noqa: F811
+    """pretrain's --out holds run/ beside the model: the new model replaces the old in one rename, run/ stays."""
+    folder = tmp_path / "model"
+    model, tokenizer = load_model(base)
+    save_model(model, folder, tokenizer)
+    (folder / "run" / "step-000002").mkdir(parents=True)
+    (folder / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (folder / "run" / "step-000002" / "state.json").write_text("{}")
+    old_model = _folder_state(folder)
+    real = load_module.write_json_atomic
+
+    def killed(path, obj):
+        if os.path.basename(path) == "config.json":
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(load_module, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, folder, tokenizer, extra={"new": True})
+    monkeypatch.undo()
+    assert _folder_state(folder) == old_model and (folder / "run" / "step-000002" / "state.json").exists()
+    save_model(model, folder, tokenizer, extra={"new": True})
+    assert read_json(folder / "config.json")["new"] is True
+    assert (folder / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert (folder / "run" / "step-000002" / "state.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary folder left
+
+
+def test_without_hard_links_a_model_beside_a_run_is_written_file_by_file(monkeypatch, tmp_path, base):  # noqa: F811
+    import errno
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr(os, "link", no_links)
+    folder = tmp_path / "model"
+    model, tokenizer = load_model(base)
+    save_model(model, folder, tokenizer)
+    (folder / "run").mkdir()
+    (folder / "run" / "metrics.jsonl").write_text("{}\n")
+    save_model(model, folder, tokenizer, extra={"new": True})
+    assert read_json(folder / "config.json")["new"] is True and (folder / "run" / "metrics.jsonl").read_text() == "{}\n"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
