@@ -130,6 +130,9 @@ def main() -> None:
     listy = f"{root}/listy.jsonl"
     open(listy, "w").write('{"adapter": ["a"], "prompt": "hi"}\n')
     case("flags", [*serve[:5], "--requests", listy, "--out", f"{root}/c2.jsonl"], ["listy.jsonl"])
+    latin = f"{root}/latin.jsonl"
+    open(latin, "wb").write(b'{"adapter": "a", "prompt": "caf\xe9"}\n')
+    case("flags", [*serve[:5], "--requests", latin, "--out", f"{root}/c4.jsonl"], ["latin.jsonl", "line 1"])
     bom = f"{root}/bom.jsonl"
     open(bom, "wb").write(b"\xef\xbb\xbf" + b'{"adapter": "a", "prompt": "hi"}\n')
     case("flags", [*serve[:5], "--requests", bom, "--out", f"{root}/c3.jsonl", "--max-new-tokens", "2"], ok=True)
@@ -159,6 +162,14 @@ def main() -> None:
     overlap = {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
                "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}
     case("files read", ["info", "--adapter", broken_adapter("h9", header=overlap)], ["adapter.safetensors"])
+    noextra = f"{root}/noextra"
+    run(["finetune", "--base", base, "--data", text, "--max-steps", "2", *fast, "--out", noextra], root)
+    state = f"{noextra}/step-000002/state.json"
+    saved = json.load(open(state))
+    del saved["extra"]
+    json.dump(saved, open(state, "w"))
+    case("files read", ["finetune", "--base", base, "--data", text, "--max-steps", "2", *fast, "--out", noextra,
+                        "--resume"], ["state.json"])
     os.makedirs(f"{root}/rel")
     open(f"{root}/rel/COURSE_RELEASE.json", "w").write("[1, 2]")
     case("files read", ["course", "solve", f"{root}/rel"], ["COURSE_RELEASE.json"])
