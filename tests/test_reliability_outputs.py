@@ -185,7 +185,7 @@ def test_a_full_disk_while_writing_the_loss_plot_still_saves_the_adapter(capsys,
     data = tmp_path / "notes.txt"
     data.write_text(some_text(2), encoding="utf-8")
     run = tmp_path / "run"
-    code, out, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", run, "--max-steps", "2",
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", run, "--max-steps", "2",
                          "--batch-size", "4", "--eval-batches", "1", "--no-progress")
     assert code == 0, err
     assert (run / "adapter" / "adapter.safetensors").exists()

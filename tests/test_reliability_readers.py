@@ -8,6 +8,7 @@ tensors that share bytes) are each one FileFormatError naming the file, and one 
 
 import json
 import os
+import shutil
 import struct
 
 import pytest
@@ -38,7 +39,7 @@ def test_hostile_json_is_one_error_naming_the_file(tmp_path, name):
 def test_a_list_shaped_adapter_config_is_one_line_in_generate(capsys, tmp_path, base, adapter):  # noqa: F811
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter.safetensors").write_bytes(open(os.path.join(adapter, "adapter.safetensors"), "rb").read())
+    shutil.copy(os.path.join(adapter, "adapter.safetensors"), folder / "adapter.safetensors")
     (folder / "adapter_config.json").write_text("[1, 2]")
     code, _, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--max-new-tokens", "2")
     assert code == 2 and "adapter_config.json" in one_error_line(err) and "JSON list" in err
@@ -49,7 +50,7 @@ def test_wrong_shaped_method_settings_are_one_line(capsys, tmp_path, base, adapt
 
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter.safetensors").write_bytes(open(os.path.join(adapter, "adapter.safetensors"), "rb").read())
+    shutil.copy(os.path.join(adapter, "adapter.safetensors"), folder / "adapter.safetensors")
     (folder / "adapter_config.json").write_text(json.dumps({"format": FORMAT, "method": "dora", "settings": [1, 2],
                                                             "base_model": {}}))
     code, _, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--max-new-tokens", "2")
