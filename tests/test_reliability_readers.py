@@ -46,13 +46,11 @@ def test_a_list_shaped_adapter_config_is_one_line_in_generate(capsys, tmp_path, 
 
 
 def test_wrong_shaped_method_settings_are_one_line(capsys, tmp_path, base, adapter):  # noqa: F811
-    from tinylora.methods.choose import FORMAT
-
     folder = tmp_path / "adapter"
     folder.mkdir()
     shutil.copy(os.path.join(adapter, "adapter.safetensors"), folder / "adapter.safetensors")
-    (folder / "adapter_config.json").write_text(json.dumps({"format": FORMAT, "method": "dora", "settings": [1, 2],
-                                                            "base_model": {}}))
+    config = {"format": "tinylora-method-adapter", "method": "dora", "settings": [1, 2], "base_model": {}}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
     code, _, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--max-new-tokens", "2")
     assert code == 2 and "adapter_config.json" in one_error_line(err) and "'settings'" in err
 
