@@ -45,7 +45,7 @@ def run_one(method: str, seed: int, steps: int, batch: int, eval_every: int) -> 
     from tinylora.cli.demo import _datasets
     from tinylora.engine.backend import memory
     from tinylora.lora import merge_and_unload, parameter_report
-    from tinylora.methods.choose import apply_method, training_hooks
+    from tinylora.methods import apply_method, training_hooks
     from tinylora.methods.glora import merge_and_unload_glora
     from tinylora.model.load import load_model
     from tinylora.train.loop import TrainConfig, eval_batches, train

@@ -72,7 +72,8 @@ def test_mixed_ranks_layers_and_trained_biases_round_trip(tmp_path):
     save_adapter(model, tmp_path)
     config = read_json(tmp_path / "adapter_config.json")
     assert config["r"] is None and config["bias"] == "lora_only"  # layers differ: no single r
-    assert config["modules"]["blocks.0.mlp.proj"] == {"r": 2, "alpha": 1, "dropout": 0.1, "init": "kaiming"}
+    assert config["modules"]["blocks.0.mlp.proj"] == {"r": 2, "alpha": 1, "rslora": False, "dropout": 0.1,
+                                                      "init": "kaiming"}
 
     fresh = load_adapter(_base(), tmp_path)
     assert fresh.blocks[0].mlp.proj.lora_dropout.p == 0.1 and not hasattr(fresh.blocks[1].mlp.proj, "lora_A")

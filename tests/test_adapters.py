@@ -195,15 +195,44 @@ def test_switching_while_merged_is_refused_and_changes_nothing():
     _assert_same(model, snap)
 
 
-def test_loading_an_adapter_that_does_not_fit_is_refused_and_changes_nothing(tmp_path):
-    other = _model()
-    apply_lora(other, r=2, targets=("q", "k"))
+def test_an_adapter_on_other_modules_loads_beside_the_others_and_each_keeps_its_function(tmp_path):
+    """q, k beside adapters on q, v: the layers cover q, k, v; each adapter is exactly zero where it has no
+    layer, so each computes what it computes alone, switched to or mixed in one batch."""
+    from tinylora.lora import load_adapter, mixed_adapters
+
+    state = _model().state_dict()
+
+    def base():
+        plain = _model()
+        plain.load_state_dict(state)
+        return plain
+
+    other = apply_lora(base(), r=2, targets=("q", "k"))
+    for _, layer in lora_layers(other):
+        layer.lora_B.data[...] = 0.1
     save_adapter(other, tmp_path / "qk")
+    model = base()
+    add_adapter(model, "a", r=4, targets=("q", "v"))
+    add_adapter(model, "b", r=2, alpha=8, targets=("q", "v"))
+    _randomize(model, "a", 1)
+    _randomize(model, "b", 2)
+    idx = tinylora.tensor(np.arange(12).reshape(2, 6) % model.config.vocab_size)
+    with tinylora.no_grad():
+        a_before = model(idx[:1])[0].numpy()
+        load_named_adapter(model, tmp_path / "qk", "qk")
+        np.testing.assert_array_equal(model(idx[:1])[0].numpy(), a_before)  # the active adapter: unchanged
+        alone = load_adapter(base(), tmp_path / "qk").eval()(idx[1:])[0].numpy()
+        set_adapter(model, "qk")
+        np.testing.assert_allclose(model(idx[1:])[0].numpy(), alone, rtol=0, atol=1e-6)
+        set_adapter(model, "a")
+        with mixed_adapters(model, ["a", "qk"]):
+            mixed = model(idx)[0].numpy()
+    np.testing.assert_allclose(mixed, np.concatenate([a_before, alone]), rtol=0, atol=1e-6)
+
+
+def test_loading_an_adapter_that_does_not_fit_is_refused_and_changes_nothing(tmp_path):
     model = _two_adapters()
     snap = _snapshot(model)
-    with pytest.raises(ValueError, match="same modules"):
-        load_named_adapter(model, tmp_path / "qk", "qk")
-    _assert_same(model, snap)
     bigger = GPT(GPTConfig.tiny(n_embd=32, dropout=0.0))
     apply_lora(bigger, r=2)
     save_adapter(bigger, tmp_path / "small")

@@ -16,7 +16,8 @@ from tinylora.methods import load_method
 from tinylora.model.load import load_model
 
 BASELINES = ["top2", "bitfit", "prefix-embed", "prefix-layer", "adapter-h", "adapter-l"]
-FLAGS = ["--prefix-len", "3", "--infix-len", "2", "--adapter-dim", "4"]
+FLAGS = {"prefix-embed": ["--prefix-len", "3", "--infix-len", "2"], "prefix-layer": ["--prefix-len", "3", "--infix-len", "2"],
+         "adapter-h": ["--adapter-dim", "4"], "adapter-l": ["--adapter-dim", "4"]}  # each method's own flags
 
 
 def metrics_installed() -> bool:
@@ -40,16 +41,18 @@ def test_each_baseline_trains_generates_and_evaluates(method, base, data, tmp_pa
     for name in ("text.txt", "pairs.csv"):
         out = tmp_path / name
         code, stdout, err = cli(capsys, "finetune", "--base", base, "--data", data / name, "--method", method,
-                                *FLAGS, "--out", out, *FAST)
+                                *FLAGS.get(method, []), "--out", out, *FAST)
         assert code == 0, err
         assert stdout.startswith(f"{method}: trainable:")
-        config = read_json(out / "method" / "method_config.json")
-        assert config["method"] == ("top" if method == "top2" else method)
+        config = read_json(out / "method" / "adapter_config.json")
+        assert config["method"] == method and config["format"] == "tinylora-method-adapter"
         metrics = [json.loads(line) for line in open(out / "metrics.jsonl", encoding="utf-8")]
         assert metrics[-1]["step"] == 3 and np.isfinite(metrics[-1]["val_loss"])
     folder = tmp_path / "pairs.csv" / "method"
     model, _ = load_model(base)
     load_method(model, folder)  # the folder loads onto a fresh base
+    code, stdout, err = cli(capsys, "info", "--adapter", folder)
+    assert code == 0 and stdout.startswith(f"adapter {folder}: {method} ("), err
     code, stdout, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--prompt", "name[Ab] ||",
                             "--max-new-tokens", "5", "--temperature", "0")
     assert code == 0, err

@@ -36,7 +36,7 @@ def test_finetune_with_memory_options_trains_end_to_end(capsys, tmp_path, base, 
     (["--quantize", "nf4", "--method", "full"], "cannot be fine-tuned fully"),
     (["--quantize", "nf4", "--quant-block-size", "48"], "power of two"),
     (["--paged-optimizer"], "nothing to page"),
-    (["--chunked-loss", "0"], "loss_chunk_size"),
+    (["--chunked-loss", "0"], "--chunked-loss: must be an integer >= 1"),
 ])
 def test_bad_memory_options_give_one_clear_error(capsys, tmp_path, base, flags, message):  # noqa: F811
     data = tmp_path / "notes.txt"

@@ -205,6 +205,25 @@ def test_lora_on_q_and_v_exports_as_one_c_attn_lora_of_rank_2r(r, alpha, seed):
         assert not delta[4:8].any()  # k's rows: no LoRA on k
 
 
+@FILE_EXAMPLES
+@given(parts=st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0.5, 1, 3, 8]), st.booleans()), min_size=2,
+                      max_size=3), seed=seeds)
+def test_q_k_v_with_their_own_ranks_alphas_and_scalings_in_one_c_attn(parts, seed):
+    """Two or three α/r (or rsLoRA's α/√r) in ONE fused block: an export that gave c_attn one part's
+    scaling for all of them would compute another update for the others."""
+    config = GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=1, n_embd=4, dropout=0.0)
+    model = GPT(config, dtype="float64")
+    for target, (r, alpha, rslora) in zip(("q", "k", "v"), parts):
+        apply_lora(model, r=r, alpha=alpha, targets=(target,), layers=[0], rslora=rslora)
+    rng = np.random.default_rng(seed)
+    for _, layer in lora_layers(model):
+        layer.lora_B.data[...] = rng.standard_normal(layer.lora_B.shape)
+    with tempfile.TemporaryDirectory() as folder:
+        export_peft(model, folder)
+        updates = peft_updates(folder)
+    assert_same_updates(tinylora_updates(model), updates)
+
+
 def lora_plans(max_rank=3):
     """1 to 3 plans (r, alpha, targets); each becomes one apply_lora call on its own blocks."""
     return st.lists(

@@ -128,3 +128,43 @@ def test_where_to_read_line_counts_match_the_tree():
         paths = [ROOT / p for p in re.findall(r"`([^`]+)`", read)]
         counted = sum(_lines(p) for p in paths)
         assert abs(counted - int(lines)) <= max(10, 0.1 * counted), f"step {step.strip()}: README says {lines.strip()} lines, the files have {counted}"
+
+
+# what one loss.backward() through x * w reads (README, after the table): whole files, or definitions by name
+BACKWARD_PATH = {
+    "tinylora/engine/tensor.py": ("Tensor.__mul__", "Tensor._operands", "Tensor._lift", "Tensor.backward"),
+    "tinylora/engine/ops/elementwise.py": ("Mul", "mul"),
+    "tinylora/engine/autograd.py": None,
+}
+BACKWARD_CALLS = {  # ... and what those lines call
+    "tinylora/engine/ops/_util.py": ("broadcast_shapes", "unbroadcast"),
+    "tinylora/engine/backend/memory.py": ("MemoryTracker.track", "MemoryTracker.hold_for_backward",
+                                          "MemoryTracker.drop_for_backward", "MemoryTracker._entry",
+                                          "MemoryTracker._set", "MemoryTracker._effective", "MemoryTracker._add",
+                                          "_base_buffer"),
+}
+
+
+def _definition_lines(path: Path, names) -> int:
+    """wc -l of the file (names None), or the lines from `def`/`class` to the end of each named definition."""
+    source = path.read_text(encoding="utf-8")
+    if names is None:
+        return len(source.splitlines())
+    spans = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            spans[node.name] = node.end_lineno - node.lineno + 1
+        if isinstance(node, ast.ClassDef):
+            spans |= {f"{node.name}.{f.name}": f.end_lineno - f.lineno + 1 for f in node.body
+                      if isinstance(f, ast.FunctionDef)}
+    return sum(spans[name] for name in names)
+
+
+def test_the_backward_reading_path_has_the_lines_the_readme_states():
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    stated = re.search(r"where `\.grad` is written: (\d+) lines in these (\d+) files \((\d+) in (\d+) with", text)
+    assert stated, "the README's sentence on the backward path's lines is gone"
+    path = sum(_definition_lines(ROOT / p, names) for p, names in BACKWARD_PATH.items())
+    called = path + sum(_definition_lines(ROOT / p, names) for p, names in BACKWARD_CALLS.items())
+    assert tuple(int(n) for n in stated.groups()) == (path, len(BACKWARD_PATH), called,
+                                                      len(BACKWARD_PATH) + len(BACKWARD_CALLS))

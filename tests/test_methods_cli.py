@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_close
 from test_cli import FAST, base, cli, logits_of, some_text  # noqa: F401  (base is a fixture)
 
-from tinylora.methods.choose import load_method_adapter
+from tinylora.methods import load_any_adapter
 from tinylora.model.load import load_model
 
 METHOD_FLAGS = {
@@ -37,7 +37,7 @@ def test_finetune_method_then_load_and_merge(capsys, tmp_path, base, method):  #
     ids = np.arange(20).reshape(1, 20)
     model, _ = load_model(base)
     before = logits_of(model, ids)
-    trained = logits_of(load_method_adapter(model, run / "adapter"), ids)
+    trained = logits_of(load_any_adapter(model, run / "adapter"), ids)
     assert np.abs(trained - before).max() > 1e-4  # the adapter changes the function
 
     merged_dir = tmp_path / "merged"
@@ -55,7 +55,7 @@ def test_bad_method_flags_are_one_line_errors(capsys, tmp_path, base):  # noqa: 
     data.write_text(some_text(5))
     code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--method", "glora",
                        "--glora-config", "C=scalar", "--out", tmp_path / "run", *FAST)
-    assert code == 2 and err.startswith("tinylora: error: GLoRALinear: support C cannot be 'scalar'")
+    assert code == 2 and err.startswith("tinylora: error: argument --glora-config: support C cannot be 'scalar'")
     code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--method", "adalora", "--delta-t", "0",
                        "--out", tmp_path / "run", *FAST)
-    assert code == 2 and err.startswith("tinylora: error: RankAllocator: delta_t must be an integer >= 1")
+    assert code == 2 and err.startswith("tinylora: error: argument --delta-t: must be an integer >= 1")

@@ -1,4 +1,4 @@
-"""tinylora.methods.choose: every method applies by name, trains one step, saves and loads back exactly."""
+"""tinylora.methods (table.py, files.py): every LoRA-family method applies by name, trains one step, saves and loads back exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from conftest import assert_close
 
 import tinylora
 from tinylora.lora import lora_layers
-from tinylora.methods.choose import METHODS, apply_method, load_method_adapter, save_method_adapter, training_hooks
+from tinylora.methods import apply_method, load_method_adapter, save_method_adapter, training_hooks
 from tinylora.methods.glora import glora_layers
 from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.optim import AdamW
@@ -26,7 +26,7 @@ def _logits(model):
         return model.eval()(IDX)[0].numpy()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", sorted(SETTINGS))
 def test_train_save_load_round_trip(method, tmp_path):
     tinylora.manual_seed(0)
     base_state = GPT(CONFIG).state_dict()
@@ -65,5 +65,5 @@ def test_errors(tmp_path):
     model = apply_method(GPT(CONFIG), "dora", {"r": 2})
     save_method_adapter(model, tmp_path, "dora", {"r": 2})
     other = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16))
-    with pytest.raises(ValueError, match="another base model"):
+    with pytest.raises(ValueError, match="different base model .n_layer: adapter 2 vs model 1"):
         load_method_adapter(other, tmp_path)

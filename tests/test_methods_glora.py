@@ -128,3 +128,54 @@ def test_errors():
     layer.merge()
     with pytest.raises(ValueError, match="cannot be recovered"):
         layer.unmerge()
+
+
+# ------------------------------------------------------------------ against PEFT's GLoRA tuner
+PEFT_KINDS = {"lora": "lora", "vector": "vector", "scalar": "constant", "none": "none"}  # tinylora -> PEFT names
+
+
+@pytest.mark.ref
+@pytest.mark.parametrize("ab, c, de", [("lora", "lora", "scalar"), ("vector", "vector", "vector"),
+                                       ("scalar", "none", "scalar"), ("lora", "none", "none")])
+def test_glora_equals_peft_glora_on_a_linear(ab, c, de):
+    """PEFT's `tuners/glora` is the same method on nn.Linear (not GPT-2's Conv1D): the same five supports and
+    kinds, with one kind for A and B together and one for D and E (tinylora chooses each support's kind
+    alone, and calls PEFT's "constant" "scalar"). Same weights and supports: outputs, merged weight and bias
+    equal in float64."""
+    from conftest import require
+
+    torch, peft = require("torch"), require("peft")
+    d, k, r = 6, 5, 2
+    torch.manual_seed(0)
+    holder = torch.nn.Sequential()
+    holder.add_module("lin", torch.nn.Linear(k, d).double())
+    config = peft.GloraConfig(r=r, target_modules=["lin"], config_A_B=PEFT_KINDS[ab], config_C=PEFT_KINDS[c],
+                              config_D_E=PEFT_KINDS[de])
+    theirs = peft.get_peft_model(holder, config).eval()
+    ours = GLoRALinear(nn.Linear(k, d, dtype="float64"), r=r, config={"A": ab, "B": ab, "C": c, "D": de, "E": de})
+    ours.base.weight.data[...] = holder.lin.weight.detach().numpy()
+    ours.base.bias.data[...] = holder.lin.bias.detach().numpy()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for support in "ABCDE":
+            path = getattr(theirs.base_model.model.lin, f"glora_{support}")["default"]
+            if hasattr(path, "Xd"):  # a low-rank support: down (rows, r) @ up (r, cols)
+                down, up = rng.normal(0, 0.3, tuple(path.Xd.shape)), rng.normal(0, 0.3, tuple(path.Xu.shape))
+                path.Xd.copy_(torch.tensor(down))
+                path.Xu.copy_(torch.tensor(up))
+                getattr(ours, f"{support}_down").data[...] = down
+                getattr(ours, f"{support}_up").data[...] = up
+            elif hasattr(path, "X"):  # a vector or a scalar
+                value = rng.normal(0, 0.3, tuple(path.X.shape))
+                path.X.copy_(torch.tensor(value))
+                getattr(ours, support).data[...] = value.reshape(getattr(ours, support).shape)
+    x = rng.normal(size=(3, k))
+    with torch.no_grad():
+        expected = theirs(torch.tensor(x)).numpy()
+    with tinylora.no_grad():
+        got = ours(tinylora.tensor(x, dtype="float64")).numpy()
+    assert_close(got, expected, rtol=0, atol=1e-12, what="forward")
+    theirs.merge_adapter()
+    ours.merge()
+    assert_close(ours.base.weight.data, holder.lin.weight.detach().numpy(), rtol=0, atol=1e-12, what="merged W")
+    assert_close(ours.base.bias.data, holder.lin.bias.detach().numpy(), rtol=0, atol=1e-12, what="merged b")

@@ -118,3 +118,31 @@ def test_loraplus_errors():
         loraplus_param_groups(GPT(CONFIG), lr=1e-3)
     with pytest.raises(ValueError, match="ratio"):
         loraplus_param_groups(_lora_model(), lr=1e-3, ratio=0)
+
+
+def test_loraplus_decays_the_1d_tensors_of_its_decaying_groups():
+    """DoRA's magnitude m is 1-D and sits in group "B" with weight decay: it must decay (PEFT's torch AdamW
+    decays every tensor of a group), though tinylora's AdamW skips vectors by default. With zero gradients
+    Adam's step is 0, so one step is the decay alone: m <- m (1 - λ η wd)."""
+    model = apply_dora(GPT(CONFIG, dtype="float64"), r=2)
+    lr, ratio, wd = 1e-2, 4.0, 0.5
+    optimizer = loraplus_optimizer(model, lr=lr, ratio=ratio, weight_decay=wd)
+    layer = model.blocks[0].attn.q
+    before = layer.magnitude.data.copy()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = tinylora.tensor(np.zeros(p.shape), dtype="float64")
+    optimizer.step()
+    np.testing.assert_allclose(layer.magnitude.data, before * (1 - lr * ratio * wd), rtol=1e-15, atol=0)
+    assert all(g["decay_1d"] for g in optimizer.param_groups)
+
+
+def test_loraplus_gives_adalora_lambda_a_learning_rate_as_peft_does():
+    """PEFT stores Λ as (r, 1), so its 1-D rule never sends Λ to B's group: Λ learns at η, not λ η."""
+    from tinylora.methods.adalora import apply_adalora
+
+    model = apply_adalora(GPT(CONFIG), init_r=3)
+    groups = loraplus_param_groups(model, lr=1e-3, ratio=16)
+    rate = {name: g["lr"] for g in groups for name, _ in g["params"]}
+    assert rate["blocks.0.attn.q.lora_E"] == 1e-3 and rate["blocks.0.attn.q.lora_A"] == 1e-3
+    assert rate["blocks.0.attn.q.lora_B"] == 16e-3

@@ -70,24 +70,24 @@ def test_the_final_phase_at_the_first_step_prunes_by_that_steps_gradients():
     assert allocator.rank_pattern is not None
 
 
-RANGES = {  # AdaLoRA flag -> the names the one line may give it (the flag's, or the allocator argument's)
-    "delta-t 0": (["--delta-t", "0"], ("--delta-t", "delta_t")),
-    "delta-t -2": (["--delta-t", "-2"], ("--delta-t", "delta_t")),
-    "tinit -1": (["--tinit", "-1"], ("--tinit", "tinit")),
-    "tfinal -1": (["--tfinal", "-1"], ("--tfinal", "tfinal")),
-    "target-r above rank": (["--target-r", "9"], ("--target-r", "target_r")),
-    "orth-reg-weight nan": (["--orth-reg-weight", "nan"], ("--orth-reg-weight", "orth_reg_weight")),
-    "orth-reg-weight -1": (["--orth-reg-weight", "-1"], ("--orth-reg-weight", "orth_reg_weight")),
-    "tinit past the end": (["--tinit", "3"], ("--tinit", "tinit")),
+RANGES = {  # AdaLoRA flag -> what the one line names (the flag itself: checked when finetune parses it)
+    "delta-t 0": (["--delta-t", "0"], "--delta-t: must be an integer >= 1"),
+    "delta-t -2": (["--delta-t", "-2"], "--delta-t: must be an integer >= 1"),
+    "tinit -1": (["--tinit", "-1"], "--tinit: must be an integer >= 0"),
+    "tfinal -1": (["--tfinal", "-1"], "--tfinal: must be an integer >= 0"),
+    "target-r above rank": (["--target-r", "9"], "--target-r 9 is more than the initial rank --rank 3"),
+    "orth-reg-weight nan": (["--orth-reg-weight", "nan"], "--orth-reg-weight: must be a finite number"),
+    "orth-reg-weight -1": (["--orth-reg-weight", "-1"], "--orth-reg-weight: must be >= 0.0"),
+    "tinit past the end": (["--tinit", "3"], "needs --tinit < --max-steps - --tfinal"),
 }
 
 
 @pytest.mark.parametrize("name", list(RANGES))
 def test_adalora_flags_out_of_range_are_one_line(capsys, tmp_path, base, notes, name):  # noqa: F811
-    more, names = RANGES[name]
+    more, words = RANGES[name]
     code, _, err = cli(capsys, *adalora_args(base, notes, "--max-steps", "3", *more), "--out", tmp_path / "run")
     line = one_error_line(err)
-    assert code == 2 and any(n in line for n in names), line
+    assert code == 2 and words in line, line
     assert not (tmp_path / "run" / "run.json").exists()  # refused before the run started
 
 

@@ -719,3 +719,28 @@ def test_a_resume_under_another_load_uses_the_runs_thread_plan_and_is_bitwise(mo
     metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     straight = [json.loads(line) for line in (tmp_path / "quiet" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("val_loss") for r in metrics] == [r.get("val_loss") for r in straight]
+
+
+def _stop_at_step_1(dataset, batch_size, seed, step):
+    if step == 1:
+        raise KeyboardInterrupt  # Ctrl-C after the checkpoint of step 1
+    return _BATCH_FOR_STEP(dataset, batch_size, seed, step)
+
+
+def test_a_damaged_thread_plan_in_a_checkpoint_is_one_error_naming_the_file(monkeypatch, tmp_path):
+    from tinylora.data import TextDataset
+
+    data = TextDataset(np.arange(200) % 64, block_size=8)
+    tinylora.manual_seed(0)
+    model = GPT(GPTConfig.tiny(vocab_size=64, block_size=8, n_embd=16), device="cpu")
+    config = TrainConfig(max_steps=2, batch_size=2, checkpoint_every=1, progress=False)
+    monkeypatch.setattr(tl_train, "batch_for_step", _stop_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data, config=config, run_dir=tmp_path)
+    monkeypatch.setattr(tl_train, "batch_for_step", _BATCH_FOR_STEP)
+    state = tmp_path / "step-000001" / "state.json"
+    record = json.loads(state.read_text())
+    record["extra"]["threads"] = {"large_product_threads": "two", "small_flops": 2e6}
+    state.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"step-000001/state.json: thread plan .*'large_product_threads': a positive"):
+        train(model, data, config=config, run_dir=tmp_path, resume=True)

@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fresh_process(code: str, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "TINYLORA_ALLOCATOR"}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in ("TINYLORA_ALLOCATOR", "TINYLORA_ADAPTIVE_THREADS", "TINYLORA_THREADS")}
     return subprocess.run([sys.executable, "-c", code], env=dict(clean, PYTHONPATH=ROOT, **env),
                           capture_output=True, text=True)
 
@@ -80,6 +81,7 @@ y = x @ x  # a product outside training: no tuning
 print(seen, tuned())
 model = tinylora.GPT(tinylora.GPTConfig.tiny(vocab_size=16, block_size=8, n_embd=16))
 data = TextDataset(np.arange(64) % 16, block_size=8)
+tinylora.set_num_threads(2)  # a limit above 1 (whatever the BLAS default): the run's plan measures the load
 train(model, data, config=TrainConfig(max_steps=1, batch_size=2, progress=False))
 print(any("mallopt" in s for s in seen), any("/proc/stat" in s for s in seen), tuned(), allocator.setting)
 """
@@ -283,6 +285,8 @@ def test_a_thread_plan_fixes_every_product_and_a_saved_plan_is_used_as_it_is(mon
         assert threads.fix_plan() == {"large_product_threads": 2, "small_flops": threads.SMALL_FLOPS}
         monkeypatch.setattr(threads, "free_cores", lambda: 1)  # the load changes during the run: the plan does not
         assert [threads.threads_for(f) for f in (1e3, 1e12)] == [1, 2]
+        monkeypatch.setattr(threads, "_limit", 3)
+        assert threads.fix_plan(measure=False)["large_product_threads"] == 3  # MPI ranks: the limit, not the load
         saved = {"large_product_threads": 1, "small_flops": 0}  # a checkpoint's plan wins over the measurement
         assert threads.fix_plan(saved) == saved and threads.threads_for(1e3) == 1
         for bad in ({"large_product_threads": 0, "small_flops": 0}, {"small_flops": 2e6}, [2, 2e6],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tinylora.cli import flags
-from tinylora.cli.loading import load_with_adapter
+from tinylora.cli.loading import adapter_folder, load_with_adapter
 
 
 def add_parser(sub) -> None:
@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
                                    "Needs: pip install 'tinylora[metrics]'.")
     p.add_argument("--model", default=None,
                    help="model folder or 'base-mini' (default: the base a LoRA adapter records, else base-mini)")
-    p.add_argument("--adapter", default=None, help="LoRA adapter or baseline method folder (optional)")
-    p.add_argument("--force", action="store_true", help="use a LoRA adapter on a base whose weights differ")
+    p.add_argument("--adapter", default=None, help="adapter folder of any method (optional)")
+    p.add_argument("--force", action="store_true", help="use the adapter on a base whose weights differ")
     p.add_argument("--data", required=True, help=".csv (mr,ref) or .jsonl (prompt,completion)")
     p.add_argument("--max-prompts", type=flags.POSITIVE_INT, default=None,
                    help="score only the first N distinct prompts (default: all)")
@@ -42,7 +42,8 @@ def run(args) -> None:
 
     flags.refuse_output_over_inputs(args.out, data=args.data, adapter=args.adapter, model=args.model)
     check_metrics_installed()
-    model, tokenizer = load_with_adapter(args.model, args.adapter, device=args.device, force=args.force)
+    adapter = adapter_folder(args.adapter) if args.adapter else None
+    model, tokenizer = load_with_adapter(args.model, adapter, device=args.device, force=args.force)
     result = evaluate_generation(model, tokenizer, read_pairs(args.data), args.max_prompts, args.max_new_tokens)
     result.update({"model": str(args.model), "adapter": args.adapter, "data": str(args.data)})
     if args.out:

@@ -20,21 +20,33 @@ def add_parser(sub) -> None:
 
 
 def describe_adapter(path) -> str:
-    """One line about an adapter folder: where LoRA sits, its size, its base."""
+    """One line about an adapter folder of any method: what it is, its size, its base."""
+    from tinylora.cli.loading import adapter_folder
     from tinylora.io import tensor_shapes
     from tinylora.lora.adapter_io import TENSOR_FILE, read_adapter_config
+    from tinylora.methods.files import FORMAT, read_method_config
 
+    path = adapter_folder(path)
     config = read_adapter_config(path)
-    if not isinstance(config, dict) or not isinstance(config.get("modules"), dict):
-        raise ValueError(f"{path}: adapter_config.json has no 'modules' object; not a tinylora adapter")
     shapes = tensor_shapes(os.path.join(path, TENSOR_FILE))
     size = sum(math.prod(shape) for _, shape in shapes.values())
+    if isinstance(config, dict) and config.get("format") == FORMAT:  # any method but plain LoRA
+        config = read_method_config(path)
+        settings = ", ".join(f"{k}={v}" for k, v in config["settings"].items()) or "no settings"
+        what = f"{config['method']} ({settings})"
+    elif isinstance(config, dict) and isinstance(config.get("modules"), dict):
+        layers = "all blocks" if config.get("layers") is None else f"blocks {config['layers']}"
+        rslora = {m.get("rslora", False) for m in config["modules"].values() if isinstance(m, dict)}
+        what = (f"{'rsLoRA' if rslora == {True} else 'LoRA'} r={config.get('r')}, alpha={config.get('alpha')} on "
+                f"{','.join(map(str, config.get('targets') or []))} of {layers} ({len(config['modules'])} layers), "
+                f"bias {config.get('bias')}")
+        if isinstance(config.get("quantization"), dict):
+            what += f", trained on the base quantized to {config['quantization'].get('method')} (QLoRA)"
+    else:
+        raise ValueError(f"{path}: adapter_config.json is neither a tinylora LoRA adapter nor a method adapter")
     base = config.get("base") if isinstance(config.get("base"), dict) else {}
     digest = base.get("weights_sha256") or "not recorded"
-    layers = "all blocks" if config.get("layers") is None else f"blocks {config['layers']}"
-    return (f"adapter {path}: LoRA r={config.get('r')}, alpha={config.get('alpha')} on "
-            f"{','.join(map(str, config.get('targets') or []))} of {layers} ({len(config['modules'])} layers), "
-            f"bias {config.get('bias')}; {size:,} parameters in {len(shapes)} tensors; base "
+    return (f"adapter {path}: {what}; {size:,} parameters in {len(shapes)} tensors; base "
             f"{base.get('name')!r} (weights sha256 {digest[:16]})")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tinylora.cli import flags
-from tinylora.cli.loading import adapter_folder, base_of, is_method_folder, load_any_adapter
+from tinylora.cli.loading import adapter_folder, base_of, load_adapter_onto, method_of
 
 
 def add_parser(sub) -> None:
@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
                        description="Merge a LoRA adapter into its base model, W = W0 + (alpha/r) B A, and save "
                                    "the result as a plain model folder (no extra inference cost).")
     p.add_argument("--base", default=None, help="model folder or 'base-mini' (default: the base the adapter records)")
-    p.add_argument("--adapter", required=True, help="adapter folder written by finetune --method lora (RUN/adapter)")
+    p.add_argument("--adapter", required=True, help="adapter folder written by finetune, any method (RUN/adapter or RUN/method)")
     p.add_argument("--out", required=True, help="model folder to write (an existing one needs --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the model in --out if there is one")
     p.add_argument("--force", action="store_true",
@@ -19,10 +19,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    from tinylora.lora import merge_and_unload
-    from tinylora.methods import load_method
-    from tinylora.methods.glora import merge_and_unload_glora
-    from tinylora.methods.method_io import MERGEABLE, read_method_config
+    from tinylora.methods.merge import merge_method
+    from tinylora.methods.table import method_row
     from tinylora.model.load import load_model, other_entries, save_model
 
     adapter = adapter_folder(args.adapter)
@@ -30,23 +28,13 @@ def run(args) -> None:
     if args.overwrite and other_entries(args.out):  # the folder is replaced whole (one rename): nothing else goes
         raise FileExistsError(f"--out {args.out} holds more than a model ({', '.join(other_entries(args.out)[:4])}); "
                               "--overwrite replaces the whole folder: choose a folder that holds only a model")
-    if is_method_folder(adapter):
-        base = args.base or "base-mini"
-        flags.refuse_existing_model(args.out, args.overwrite, base=base)
-        model, tokenizer = load_model(base)
-        method = read_method_config(adapter)["method"]
-        if method not in MERGEABLE:
-            raise ValueError(f"{method} cannot be merged: its {'adapters' if 'adapter' in method else 'virtual tokens'} "
-                             "add computation no weight of the base model can absorb; use generate --adapter")
-        merged = load_method(model, adapter)  # FT^Top2 / BitFit: the trained weights replace the base's
-        del merged.finetune_method
-    else:
-        base = base_of(adapter, args.base)
-        flags.refuse_existing_model(args.out, args.overwrite, base=base)
-        model, tokenizer = load_model(base)
-        load_any_adapter(model, adapter, force=args.force)
-        merged = merge_and_unload(model)  # safe: refuses a non-finite ΔW, naming the layer, before W0 changes
-        merged = merge_and_unload_glora(merged)  # GLoRA layers (tinylora.methods.glora), if any
+    method = method_of(adapter)
+    if method_row(method).merge is not None:  # refused before anything is loaded
+        raise ValueError(f"{method} cannot be merged: {method_row(method).merge}; use generate --adapter")
+    base = base_of(adapter, args.base)
+    flags.refuse_existing_model(args.out, args.overwrite, base=base)
+    model, tokenizer = load_model(base)
+    load_adapter_onto(model, adapter, force=args.force)
+    merged, note = merge_method(model, method)
     save_model(merged, args.out, tokenizer, extra={"merged_from": {"base": str(base), "adapter": args.adapter}})
-    print(f"merged model written to {args.out}")
-
+    print(f"merged model written to {args.out}{note}")

@@ -98,18 +98,42 @@ def serve(model, tokenizer, requests: list, max_new_tokens: int, temperature: fl
     return completions
 
 
+def servable(adapters: dict):
+    """Refuse, in one line, an adapter whose method has no per-example form (tinylora/methods/table.py), or
+    adapters trained on differently quantized bases; returns the quantization they share (None: a float base)."""
+    from tinylora.cli.loading import method_of
+    from tinylora.lora.adapter_io import read_adapter_config
+    from tinylora.methods.table import method_row
+
+    quantizations = {}
+    for name, path in adapters.items():
+        method = method_of(path)
+        reason = method_row(method).serve
+        if reason is not None:
+            raise ValueError(f"--adapter {name}={path} is a {method} adapter, which serve cannot batch: {reason}")
+        quantizations[name] = read_adapter_config(path).get("quantization")
+    if len({json.dumps(q, sort_keys=True) for q in quantizations.values()}) > 1:
+        raise ValueError(f"--adapter: the adapters were trained on differently quantized bases {quantizations}; "
+                         "serve those of one base together")
+    return next(iter(quantizations.values()), None)
+
+
 def run(args) -> None:
     from tinylora import manual_seed
     from tinylora.lora import list_adapters, load_named_adapter
     from tinylora.lora.adapters import BASE
+    from tinylora.methods.qlora import quantize_model
     from tinylora.model.load import load_model
 
     adapters = _adapters(args.adapter)
     flags.refuse_output_over_inputs(args.out, requests=args.requests, adapter=list(adapters.values()), model=args.model)
     requests = read_requests(args.requests)
+    quantization = servable(adapters)
     model, tokenizer = load_model(args.model, device=args.device)
+    if quantization is not None:  # QLoRA adapters: the base quantized as they were trained on it
+        quantize_model(model, **{**quantization, "targets": tuple(quantization["targets"])})
     for name, path in adapters.items():
-        load_named_adapter(model, path, name)
+        load_named_adapter(model, path, name)  # checks each: base hash, shapes, finite values
     known = list_adapters(model) if adapters else []
     unknown = sorted({r["adapter"] for r in requests} - set(known) - {BASE})
     if unknown:

@@ -8,12 +8,13 @@ train), so that is all an adapter directory holds:
                             blocks.{i}.attn.q.lora_B      (d, r)   named as in model.named_parameters(),
                             blocks.{i}.attn.q.base.bias   (d,)     plus every bias that trains
     adapter_config.json     {"r", "alpha", "targets", "layers", "dropout", "init", "bias", "biases",
-                             "modules": {name: {"r", "alpha", "dropout", "init"}},
+                             "modules": {name: {"r", "alpha", "rslora", "dropout", "init"}},
                              "base_model": {GPTConfig fields},
-                             "base": {"name", "weights_sha256"}, "tinylora_version", "format"}
+                             "base": {"name", "weights_sha256"}, "quantization", "tinylora_version", "format"}
 
 `modules` lists every LoRA layer with its own settings, so a model whose layers
-differ (say q and v with r = 8, fc with r = 4) round-trips exactly; the
+differ (say q and v with r = 8, fc with r = 4) round-trips exactly, its
+scaling included (rslora: s = α/√r instead of α/r); the
 top-level r, alpha, dropout and init summarise them (null where layers differ),
 and targets / layers say where LoRA sits (layers null: every block). `bias` is
 the bias mode and `biases` names every bias the file holds: an adapter may set
@@ -23,7 +24,9 @@ only what its config declares.
 by (`model.name_or_path`, e.g. "base-mini" or a folder) and a SHA-256 of its
 weights (`weights_sha256`, below). `load_adapter` refuses a base whose weights
 hash differently unless `force=True`, because an adapter on another base
-computes something nobody trained.
+computes something nobody trained. `quantization` (QLoRA, else null) says how
+the base was quantized when the adapter trained on it: the adapter loads onto
+that NF4 copy of the recorded base only (tinylora/cli/loading.py rebuilds it).
 
     save_adapter(model, "run/adapter")
     model = load_adapter(load_model("base-mini")[0], "run/adapter")
@@ -91,8 +94,20 @@ def weights_sha256(model, skip=()) -> str:
     return digest.hexdigest()
 
 
+def remember_base(model) -> None:
+    """Record `model.base_identity` = {"name", "weights_sha256"} of the plain base, before a method changes it.
+
+    Called by what changes base weights or their storage (a method's apply, quantize_model), so that
+    an adapter saved later names the base it was trained on, not the residual or 4-bit copy it holds then.
+    The first record stays (a second method on the same model does not overwrite it).
+    """
+    if getattr(model, "base_identity", None) is None:
+        model.base_identity = {"name": getattr(model, "name_or_path", None), "weights_sha256": weights_sha256(model)}
+
+
 def _module_settings(layer) -> dict:
-    return {"r": layer.r, "alpha": layer.alpha, "dropout": layer.lora_dropout.p, "init": layer.init}
+    return {"r": layer.r, "alpha": layer.alpha, "rslora": layer.rslora, "dropout": layer.lora_dropout.p,
+            "init": layer.init}
 
 
 def _common(modules: dict, key: str):
@@ -126,6 +141,12 @@ def adapter_config(model) -> dict:
     layers = sorted({i for i, _ in places})
     biases = [p for p in _bias_params(model, "all") if p.requires_grad]
     merged = any(layer.merged for layer in layers_by_name.values())
+    quantization = getattr(model, "quantization", None)  # QLoRA: trained on an NF4 copy of the recorded base
+    if quantization is not None:
+        base = dict(model.base_identity)
+    else:  # merged layers hold W0 + ΔW in the base weights: their hash would not be the base's (null: unknown)
+        base = {"name": getattr(model, "name_or_path", None),
+                "weights_sha256": None if merged else weights_sha256(model, skip=biases)}
     return {
         "format": FORMAT,
         "tinylora_version": __version__,
@@ -139,9 +160,8 @@ def adapter_config(model) -> dict:
         "biases": _bias_names(model, biases),
         "modules": modules,
         "base_model": dataclasses.asdict(model.config),
-        # merged layers hold W0 + ΔW in the base weights: their hash would not be the base's (null: unknown)
-        "base": {"name": getattr(model, "name_or_path", None),
-                 "weights_sha256": None if merged else weights_sha256(model, skip=biases)},
+        "base": base,
+        "quantization": quantization,
     }
 
 
@@ -250,6 +270,8 @@ def _check_config(config, source: str, n_layer: int) -> dict:
             raise _fail(source, f"modules['{name}']['dropout'] must be a number in [0, 1), got {dropout!r}")
         if init not in INITS:
             raise _fail(source, f"modules['{name}']['init'] must be one of {INITS}, got {init!r}")
+        if not isinstance(s.get("rslora", False), bool):
+            raise _fail(source, f"modules['{name}']['rslora'] must be true or false, got {s.get('rslora')!r}")
     bias = config.get("bias", "none")
     if bias not in (*BIAS_MODES, "custom"):
         raise _fail(source, f"'bias' must be one of {(*BIAS_MODES, 'custom')}, got {bias!r}")
@@ -295,9 +317,10 @@ def _check_existing(model, modules: dict, source: str) -> bool:
         raise ValueError(f"{source}: the model already has LoRA on {sorted(existing)}, but the adapter "
                          f"is for {sorted(modules)}; load it into a model without LoRA")
     for name, layer in existing.items():
-        if (layer.r, layer.alpha) != (modules[name]["r"], modules[name]["alpha"]):
-            raise ValueError(f"{source}: '{name}' has r={layer.r}, alpha={layer.alpha} in the model but "
-                             f"r={modules[name]['r']}, alpha={modules[name]['alpha']} in the adapter")
+        s = modules[name]
+        if (layer.r, layer.alpha, layer.rslora) != (s["r"], s["alpha"], s.get("rslora", False)):
+            raise ValueError(f"{source}: '{name}' has r={layer.r}, alpha={layer.alpha}, rslora={layer.rslora} in the "
+                             f"model but r={s['r']}, alpha={s['alpha']}, rslora={s.get('rslora', False)} in the adapter")
         if layer.merged:
             raise ValueError(f"{source}: '{name}' is merged; call unmerge_lora(model) before loading new A and B")
     return False
@@ -309,7 +332,7 @@ def _check_lora_shapes(model, modules: dict, shapes: dict, source: str) -> None:
     for name, s in modules.items():
         layer = own.get(name)
         linear = layer.base if isinstance(layer, LoRALinear) else layer
-        if not isinstance(linear, nn.Linear):
+        if not isinstance(linear, nn.Linear) and not getattr(linear, "is_quantized", False):
             raise ValueError(f"{source}: the adapter adapts '{name}', which is not a Linear layer of this model")
         r, d, k = s["r"], linear.out_features, linear.in_features
         if r > min(d, k):
@@ -337,11 +360,26 @@ def _declared_biases(model, config: dict, source: str) -> list:
     return _bias_params(model, mode)
 
 
+def _check_quantization(model, config: dict, source: str) -> None:
+    """A QLoRA adapter goes on its base quantized as it was in training, and a LoRA adapter on a float base."""
+    recorded, own = config.get("quantization"), getattr(model, "quantization", None)
+    if recorded is not None and not isinstance(recorded, dict):
+        raise _fail(source, f"'quantization' must be an object or null, got {recorded!r}")
+    if recorded != own:
+        if recorded is None:
+            raise ValueError(f"{source}: the adapter was trained on a float base, but this model is quantized "
+                             f"({own}); load it onto the float base")
+        raise ValueError(f"{source}: the adapter was trained on the base quantized with {recorded}, but this model is "
+                         f"{'float' if own is None else own}: quantize the base the same way first "
+                         "(tinylora.methods.qlora.quantize_model; the CLI does it)")
+
+
 def _check_identity(model, config: dict, skip, source: str) -> None:
     recorded = (config.get("base") or {}).get("weights_sha256")
     if not recorded:
         return
-    own = weights_sha256(model, skip=skip)
+    quantized = getattr(model, "quantization", None) is not None
+    own = model.base_identity["weights_sha256"] if quantized else weights_sha256(model, skip=skip)
     if own != recorded:
         name = (config.get("base") or {}).get("name")
         raise BaseMismatchError(
@@ -360,6 +398,9 @@ def _adapter_files(path) -> tuple[str, str]:
         if os.path.exists(os.path.join(inner, CONFIG_FILE)):
             raise FileNotFoundError(f"{config_path} not found; {path} looks like a run folder: "
                                     f"did you mean {inner}?")
+        if os.path.exists(os.path.join(path, "method_config.json")):
+            raise FileNotFoundError(f"{path} holds method_config.json, the baselines' format before every method "
+                                    f"wrote {CONFIG_FILE}: run finetune again to write it in the current format")
         what = "does not exist" if not os.path.exists(path) else f"has no {CONFIG_FILE}"
         raise FileNotFoundError(f"adapter folder {path} {what} (an adapter is what save_adapter or "
                                 "`tinylora finetune` writes: adapter_config.json + adapter.safetensors)")
@@ -389,6 +430,7 @@ def load_adapter(model, path, force: bool = False):
     config = read_json(config_path)
     modules = _check_config(config, config_path, len(model.blocks))
     _check_base_shape(model, config, config_path)
+    _check_quantization(model, config, config_path)
     fresh = _check_existing(model, modules, config_path)
     shapes = tensor_shapes(tensor_path)
     _check_lora_shapes(model, modules, shapes, tensor_path)
@@ -398,7 +440,7 @@ def load_adapter(model, path, force: bool = False):
             for name, s in modules.items():
                 i, target = _LORA_NAME.fullmatch(name).groups()
                 apply_lora(model, r=s["r"], alpha=s["alpha"], targets=(target,), layers=[int(i)],
-                           dropout=s.get("dropout", 0.0), init=s.get("init", "kaiming"))
+                           dropout=s.get("dropout", 0.0), init=s.get("init", "kaiming"), rslora=s.get("rslora", False))
         declared = _declared_biases(model, config, config_path)
         own_names = set(_own_parameters(model))
         params = dict(model.named_parameters())

@@ -21,8 +21,10 @@ touched, so A -> B -> A gives A's logits back bit for bit.
     adapter_report(model)["text"]          bytes per adapter next to the base's
     with adapters_disabled(model): ...     the base model alone (= lora_disabled)
 
-Every adapter of a model sits on the same modules (the same targets and
-layers); ranks may differ. Errors (an unknown name, a name twice, an adapter
+add_adapter puts a new adapter on the modules the others sit on (ranks may
+differ); load_named_adapter may bring one for other modules: the LoRA layers
+then cover both, and each adapter is exactly zero (B = 0) where it has no
+layer of its own. Errors (an unknown name, a name twice, an adapter
 whose modules or shapes do not fit, switching while merged) are raised before
 anything changes, so a failed call leaves the model as it was.
 """
@@ -32,15 +34,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from tinylora import nn
 from tinylora.engine.backend import move
 from tinylora.errors import MissingNameError
 from tinylora.io import load_tensors, read_json, tensor_shapes
-from tinylora.lora.adapter_io import (CONFIG_FILE, TENSOR_FILE, _check_base_shape, _check_config, _check_identity,
-                                     _check_lora_shapes, load_adapter)
+from tinylora.lora.adapter_io import (_LORA_NAME, CONFIG_FILE, TENSOR_FILE, _check_base_shape, _check_config,
+                                     _check_identity, _check_lora_shapes, _check_quantization, load_adapter)
 from tinylora.lora.apply import _check_layers, _check_targets, TARGETS, apply_lora, disable_lora, enable_lora
 from tinylora.lora.apply import lora_disabled, lora_layers
-from tinylora.lora.layer import LoRALinear
+from tinylora.lora.layer import LoRALinear, lora_scaling
 
 BASE = "base"  # reserved: in a mixed batch (lora/mixed.py) it means "no adapter for this example"
 
@@ -55,20 +59,21 @@ class AdapterState:
     alpha: float
     init: str
     dropout: float
+    rslora: bool = False  # s = α/√r (rsLoRA) instead of α/r
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return lora_scaling(self.alpha, self.r, self.rslora)
 
     @classmethod
     def of(cls, layer: LoRALinear) -> "AdapterState":
         """The adapter a layer holds as its active one."""
-        return cls(layer.lora_A, layer.lora_B, layer.r, layer.alpha, layer.init, layer.lora_dropout.p)
+        return cls(layer.lora_A, layer.lora_B, layer.r, layer.alpha, layer.init, layer.lora_dropout.p, layer.rslora)
 
     def bind(self, layer: LoRALinear) -> None:
         """Make this the layer's active adapter (rebinds the attributes; no array is copied)."""
         layer.lora_A, layer.lora_B = self.lora_A, self.lora_B
-        layer.r, layer.alpha, layer.scaling = self.r, self.alpha, self.scaling
+        layer.r, layer.alpha, layer.rslora, layer.scaling = self.r, self.alpha, self.rslora, self.scaling
         layer.init, layer.lora_dropout.p = self.init, self.dropout
 
 
@@ -159,10 +164,12 @@ def add_adapter(model, name: str, r: int = 8, alpha: float | None = None, target
 def load_named_adapter(model, path, name: str):
     """Load an adapter saved by `save_adapter` as adapter `name`, next to those the model holds. Returns `model`.
 
-    The base is not reloaded: only A and B are read. The file's modules must be the
-    model's LoRA modules (any ranks), its base config the model's; an adapter that
-    trained biases cannot share the base with others (its biases would change W0's
-    layer for every adapter), so it is refused: load it alone with `load_adapter`.
+    The base is not reloaded: only A and B are read. The file's base config must be the
+    model's, its values finite; an adapter that trained biases cannot share the base with
+    others (its biases would change W0's layer for every adapter), so it is refused: load
+    it alone with `load_adapter`. Its modules may differ from those the model's adapters
+    sit on: the LoRA layers then cover both, and each adapter is zero (B = 0, exactly no
+    update) on the modules it does not adapt. Checked before the model changes.
     """
     _check_new_name(model, name)
     path = os.fspath(path)
@@ -171,6 +178,10 @@ def load_named_adapter(model, path, name: str):
     modules = _check_config(config, config_path, len(model.blocks))
     _check_base_shape(model, config, config_path)
     tensors = load_tensors(tensor_path)
+    broken = [key for key, value in tensors.items() if value.dtype.kind != "f" or not np.isfinite(value).all()]
+    if broken:
+        raise ValueError(f"{tensor_path}: {broken[:3]} hold NaN, inf or a non-float dtype; an adapter's tensors "
+                         "are finite floats")
     biases = [key for key in tensors if key.endswith("bias")]
     if biases:
         raise ValueError(f"{tensor_path} holds trained biases ({biases[0]}, ...): they change the shared base, so this "
@@ -180,21 +191,39 @@ def load_named_adapter(model, path, name: str):
         for layer in _layers(model, "load_named_adapter"):
             layer.adapter_name = name
         return model
-    _layers(model, "load_named_adapter")
-    owners = _check_fits(model, list(modules), f"load_named_adapter({config_path})")
+    existing = dict(zip([n for n, _ in lora_layers(model)], _layers(model, "load_named_adapter")))
     _check_lora_shapes(model, modules, tensor_shapes(tensor_path), tensor_path)
+    _check_quantization(model, config, config_path)
     _check_identity(model, config, (), config_path)
-    states = []
-    for module, layer in zip(modules, owners):
-        s = modules[module]
-        state = AdapterState.of(LoRALinear(layer.base, s["r"], alpha=s["alpha"], dropout=s.get("dropout", 0.0),
-                                             init=s.get("init", "kaiming")))
+    own = dict(model.named_modules())
+    states = {}  # module -> the new adapter's state there
+    for module, s in modules.items():
+        base = existing[module].base if module in existing else own[module]
+        state = AdapterState.of(LoRALinear(base, s["r"], alpha=s["alpha"], dropout=s.get("dropout", 0.0),
+                                           init=s.get("init", "kaiming"), rslora=s.get("rslora", False)))
         for key, p in (("lora_A", state.lora_A), ("lora_B", state.lora_B)):
             p.data[...] = move(tensors[f"{module}.{key}"].astype(p.dtype, copy=False), p.device)
-        states.append(state)
-    for layer, state in zip(owners, states):
-        layer.stored_adapters[name] = state
+        states[module] = state
+    # nothing failed: now change the model. Modules only the new adapter adapts get a LoRA layer on which every
+    # adapter the model holds is zero; modules it does not adapt get a zero state for it.
+    held = list_adapters(model)
+    for module in modules:
+        if module not in existing:
+            i, target = _LORA_NAME.fullmatch(module).groups()
+            apply_lora(model, r=1, targets=(target,), layers=[int(i)])
+            layer = dict(model.named_modules())[module]
+            nn.init.zeros_(layer.lora_B)  # already 0: the active adapter adds nothing here
+            layer.adapter_name = held[0]
+            layer.stored_adapters.update({other: _zero_state(layer) for other in held[1:]})
+            existing[module] = layer
+    for module, layer in existing.items():
+        layer.stored_adapters[name] = states[module] if module in states else _zero_state(layer)
     return model
+
+
+def _zero_state(layer) -> AdapterState:
+    """An adapter of rank 1 that adds exactly nothing (B = 0) on `layer`: where an adapter has no layer."""
+    return AdapterState.of(LoRALinear(layer.base, 1))
 
 
 def store_adapter(model, name: str, parts: dict):

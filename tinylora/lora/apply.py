@@ -62,7 +62,7 @@ def _check_layers(layers, n_layer: int) -> list:
 
 
 def apply_lora(model, r: int = 8, alpha: float | None = None, targets=("q", "v"), layers=None,
-               dropout: float = 0.0, init: str = "kaiming"):
+               dropout: float = 0.0, init: str = "kaiming", rslora: bool = False):
     """Replace the chosen Linear modules of `model` by LoRALinear, then train only LoRA. Returns `model`.
 
     Args:
@@ -71,7 +71,7 @@ def apply_lora(model, r: int = 8, alpha: float | None = None, targets=("q", "v")
         alpha:   α; None means α = r (scaling 1), see LoRALinear.
         targets: any of "q", "k", "v", "o", "fc", "proj" (default the paper's ("q", "v")).
         layers:  block indices to adapt, or None for all blocks.
-        dropout, init: passed to every LoRALinear.
+        dropout, init, rslora: passed to every LoRALinear (rslora: s = α/√r, tinylora/methods/rslora.py).
 
     Afterwards only lora_A and lora_B require grad (`mark_only_lora_as_trainable(model, "none")`);
     call that function again for another bias mode. The model is changed in place, all or
@@ -82,6 +82,10 @@ def apply_lora(model, r: int = 8, alpha: float | None = None, targets=("q", "v")
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise TypeError(f"apply_lora: expected a GPT with .blocks, got {type(model).__name__}")
+    other = getattr(model, "finetune_method", None)  # a baseline (tinylora/methods/trainable.py) would stop training
+    if other is not None:
+        raise ValueError(f"apply_lora: the model already has {other['method']}; one method per model "
+                         "(start again from the base model)")
     places = [(i, t) for i in _check_layers(layers, len(blocks)) for t in targets]
     for i, t in places:
         if isinstance(getattr(getattr(blocks[i], TARGETS[t]), t), LoRALinear):
@@ -89,7 +93,8 @@ def apply_lora(model, r: int = 8, alpha: float | None = None, targets=("q", "v")
     with all_or_nothing(model):
         for i, t in places:
             parent = getattr(blocks[i], TARGETS[t])
-            setattr(parent, t, LoRALinear(getattr(parent, t), r, alpha=alpha, dropout=dropout, init=init))
+            setattr(parent, t, LoRALinear(getattr(parent, t), r, alpha=alpha, dropout=dropout, init=init,
+                                              rslora=rslora))
         mark_only_lora_as_trainable(model, bias="none")
     return model
 
@@ -98,20 +103,27 @@ def apply_lora(model, r: int = 8, alpha: float | None = None, targets=("q", "v")
 def all_or_nothing(model, overwritten=()):
     """`with all_or_nothing(model, params):` if the body raises, undo what it did to `model`, then re-raise.
 
-    Undone: LoRA layers the body added (their base Linear goes back in place), every
-    parameter's requires_grad and .grad, and the values of the Parameters in
-    `overwritten` (copied before the body runs, so pass only those it writes).
+    Undone: every change to the module tree (layers the body wrapped or replaced, attributes it set, such
+    as a method's record), every parameter's array (rebound, not copied: code that changes a frozen
+    weight, as PiSSA's W_res = W0 - s B A, must assign a new array), requires_grad and .grad, and the
+    values of the Parameters in `overwritten` (copied before the body runs: pass only those it writes in
+    place).
     """
-    before = {name for name, _ in lora_layers(model)}
-    flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    modules = [(m, dict(m.__dict__), dict(m._parameters), dict(m._modules)) for m in model.modules()]
+    params = [(p, p.data, p.requires_grad, p.grad) for p in model.parameters()]
     saved = [(p, p.data.copy()) for p in overwritten]
     try:
         yield model
     except BaseException:
-        for name, layer in list(lora_layers(model)):
-            if name not in before:
-                _replace(model, name, layer.base)
-        for p, requires_grad, grad in flags:
+        for module, attributes, own_params, children in modules:
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+            module._parameters.clear()  # the dicts themselves were in `attributes`: refill them
+            module._parameters.update(own_params)
+            module._modules.clear()
+            module._modules.update(children)
+        for p, data, requires_grad, grad in params:
+            p.data = data
             p.requires_grad_(requires_grad)
             p.grad = grad
         for p, data in saved:

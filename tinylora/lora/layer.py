@@ -29,6 +29,11 @@ from tinylora.engine.tensor import zeros
 INITS = ("kaiming", "gaussian")
 
 
+def lora_scaling(alpha: float, r: int, rslora: bool = False) -> float:
+    """s = α/r, or rsLoRA's rank-stabilised s = α/√r (tinylora/methods/rslora.py) when `rslora`."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
 class LoRALinear(nn.Module):
     """Wraps a frozen nn.Linear W0 with the low-rank update ΔW = (α/r) B A.
 
@@ -45,6 +50,8 @@ class LoRALinear(nn.Module):
         dropout: dropout probability on the LoRA input x (the base path never sees it).
                  0 by default (loralib's and PEFT's default): a regulariser to raise
                  (e.g. to 0.05-0.1) when the adapter overfits a small dataset.
+        rslora:  use rsLoRA's scaling s = α/√r instead of α/r (recorded by save_adapter, so a
+                 reloaded, switched or mixed-batch adapter keeps it).
         init:    how A starts ("kaiming" by default), B always starts at 0 so ΔW = 0 and
                  the wrapped model computes exactly what the base model did:
                    "kaiming":  A ~ U(-1/sqrt(k), 1/sqrt(k)), Kaiming-uniform with a = sqrt(5),
@@ -52,7 +59,7 @@ class LoRALinear(nn.Module):
                    "gaussian": A ~ N(0, (1/r)^2), closer to the paper's text ("random Gaussian
                                initialization for A"), with PEFT's choice of std 1/r.
 
-    Attributes: base, lora_A (r, k), lora_B (d, r), r, alpha, scaling = alpha / r,
+    Attributes: base, lora_A (r, k), lora_B (d, r), r, alpha, rslora, scaling = alpha / r (alpha / √r if rslora),
     merged (ΔW currently added into base.weight), enabled (False: the layer is W0 alone);
     for several named adapters (tinylora/lora/adapters.py, mixed.py): adapter_name (the one
     lora_A / lora_B hold), stored_adapters (the others), per_example (set during a mixed batch).
@@ -62,7 +69,8 @@ class LoRALinear(nn.Module):
     "exactly the base model"; merging a disabled layer is an error.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0, init: str = "kaiming"):
+    def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0, init: str = "kaiming",
+                 rslora: bool = False):
         super().__init__()
         quantized = getattr(base, "is_quantized", False)  # a frozen 4-bit base (tinylora.quant.NF4Linear)
         if not isinstance(base, nn.Linear) and not quantized:
@@ -78,19 +86,21 @@ class LoRALinear(nn.Module):
             )
         if alpha is None:
             alpha = r
-        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < float("inf"):
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < math.inf:
             raise ValueError(f"LoRALinear: alpha must be a positive finite number (or None for alpha = r), "
                              f"got {alpha!r}")
         if init not in INITS:
             raise ValueError(f"LoRALinear: init must be one of {INITS}, got {init!r}")
+        if not isinstance(rslora, bool):
+            raise TypeError(f"LoRALinear: rslora must be True or False, got {rslora!r}")
         if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRALinear: dropout must be in [0, 1), got {dropout!r}")
 
         self.base = base
         if not quantized:
             base.weight.requires_grad_(False)  # W0 is frozen: no gradient, no optimizer state
-        self.r, self.alpha = int(r), alpha
-        self.scaling = alpha / r  # a Python float: keeps float32 math in float32
+        self.r, self.alpha, self.rslora = int(r), alpha, rslora
+        self.scaling = lora_scaling(alpha, self.r, rslora)  # a Python float: keeps float32 math in float32
         self.init = init
         self.lora_dropout = nn.Dropout(dropout)
         # A, B live where W0 lives, with its dtype (a quantized W0: the dtype it had before quantization)

@@ -53,12 +53,15 @@ from tinylora.errors import MissingNameError
 from tinylora.io import FileFormatError, load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora.adapter_io import _LORA_NAME
 from tinylora.lora.apply import TARGETS, _bias_params, all_or_nothing, apply_lora, lora_layers
+from tinylora.lora.layer import LoRALinear
 
 CONFIG_FILE, TENSOR_FILE = "adapter_config.json", "adapter_model.safetensors"
 HF_MODULE = {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
              "fc": "mlp.c_fc", "proj": "mlp.c_proj"}
 FUSED = ("q", "k", "v")  # the row blocks of c_attn, in order
 _SINGLE = {"attn.c_proj": "o", "mlp.c_fc": "fc", "mlp.c_proj": "proj"}
+# PEFT initialisations that leave the base weights as they are (the others change them: PiSSA, OLoRA, ...)
+PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
 _KEY = re.compile(r"base_model\.model\.(?:transformer\.)?h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)"
                   r"\.lora_([AB])\.weight")
 
@@ -71,8 +74,8 @@ def _tensor_key(i: int, module: str, ab: str) -> str:
 def _fuse(parts: list, C: int) -> tuple:
     """LoRA on a subset of q, k, v -> one c_attn LoRA (A', B', α') computing the same update.
 
-    Each part t keeps its own scaling s_t = α_t / r_t: B' carries B_t · s_t / s_0
-    (a factor of exactly 1 when all parts share r and α), and α' = α_0 R / r_0
+    Each part t keeps its own scaling s_t (α_t / r_t, or rsLoRA's α_t / √r_t): B' carries
+    B_t · s_t / s_0 (a factor of exactly 1 when all parts share r and α), and α' = s_0 R
     gives PEFT the scaling s_0 = α'/R. If every part's A is the same array, A' is
     that A and R = r_0 (the B_t share its columns); else A' stacks them, R = Σ r_t.
     """
@@ -88,7 +91,7 @@ def _fuse(parts: list, C: int) -> tuple:
         row = FUSED.index(target) * C
         B[row:row + C, col:col + layer.r] = to_host(layer.lora_B.data) * (layer.scaling / first.scaling)
         col += 0 if one_A else layer.r
-    return A, B, first.alpha * R / first.r
+    return A, B, first.scaling * R
 
 
 def export_peft(model, path) -> None:
@@ -96,8 +99,23 @@ def export_peft(model, path) -> None:
 
     The HF model must hold the same base weights (e.g. the directory the GPT
     came from, or one written by `tinylora.model.hf_gpt2.save_gpt2`). Only A and B are
-    exported: a model whose biases train is refused (save_adapter keeps them).
+    exported: a model whose biases train is refused (save_adapter keeps them). Each
+    module's lora_alpha is s R (PEFT's s = lora_alpha / R), so any scaling, rsLoRA's
+    α/√r included, is written exactly. A LoRA variant (DoRA, PiSSA, AdaLoRA, ...) is
+    refused: PEFT would load it as plain LoRA and compute another function
+    (tinylora.methods.export_method_peft writes DoRA; pissa_to_lora converts PiSSA).
     """
+    for name, layer in lora_layers(model):
+        if type(layer) is not LoRALinear:
+            raise ValueError(f"export_peft: '{name}' is a {type(layer).__name__}, which PEFT's plain LoRA format "
+                             "cannot carry (it would load as another function): use "
+                             "tinylora.methods.export_method_peft for DoRA, pissa_to_lora first for PiSSA/OLoRA")
+    write_peft(model, path)
+
+
+def write_peft(model, path) -> None:
+    """export_peft without its check of the layer types: A, B and scalings of every LoRA-like layer (for
+    tinylora.methods.export_method_peft, which adds what DoRA needs)."""
     C = model.config.n_embd
     groups = {}  # (layer, HF module) -> [(target, LoRALinear)]
     for name, layer in lora_layers(model):
@@ -123,7 +141,7 @@ def export_peft(model, path) -> None:
             A, B, alpha = _fuse(parts, C)
         else:
             layer = parts[0][1]
-            A, B, alpha = to_host(layer.lora_A.data), to_host(layer.lora_B.data), layer.alpha
+            A, B, alpha = to_host(layer.lora_A.data), to_host(layer.lora_B.data), layer.scaling * layer.r
         tensors[_tensor_key(i, module, "A")], tensors[_tensor_key(i, module, "B")] = A, B
         name = f"h.{i}.{module}"  # matches transformer.h.{i}.{module} and nothing else
         ranks[name], alphas[name] = A.shape[0], (int(alpha) if float(alpha).is_integer() else alpha)
@@ -184,6 +202,11 @@ def _read_peft(path) -> tuple:
     unsupported = [k for k in ("use_dora", "lora_bias") if config.get(k)]
     if unsupported:
         raise ValueError(f"{config_path}: {unsupported} change LoRA's formula; tinylora cannot import them")
+    init = config.get("init_lora_weights", True)
+    if init not in PLAIN_INITS:  # pissa, olora, corda, loftq, ...: PEFT changed the base weights too
+        raise ValueError(f"{config_path}: init_lora_weights={init!r} means PEFT replaced the base weights by a "
+                         "residual, which this file does not hold; save it from PEFT with "
+                         "path_initial_model_for_weight_conversion (a plain LoRA for the original base)")
     groups = {}
     for key, value in load_tensors(tensor_path).items():
         match = _KEY.fullmatch(key)

@@ -35,7 +35,6 @@ from tinylora import functional as F
 from tinylora import nn
 from tinylora.engine.tensor import Tensor
 from tinylora.lora.layer import LoRALinear
-from tinylora.methods.rslora import make_rslora
 from tinylora.methods.wrap import wrap_linears
 
 
@@ -47,8 +46,8 @@ class DoRALinear(LoRALinear):
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
-                 init: str = "kaiming"):
-        super().__init__(base, r, alpha=alpha, dropout=dropout, init=init)
+                 init: str = "kaiming", rslora: bool = False):
+        super().__init__(base, r, alpha=alpha, dropout=dropout, init=init, rslora=rslora)
         norms = self._row_norms(add_delta=False)  # (d,) = ‖W0‖_c
         self.magnitude = nn.Parameter(Tensor(norms, dtype=base.weight.dtype))
         self.merged_norm = None  # n at merge time, for unmerge
@@ -123,8 +122,6 @@ def apply_dora(model, r: int = 8, alpha: float | None = None, targets=("q", "v")
 
     rslora=True uses s = α/√r (tinylora.methods.rslora). Only A, B and m train afterwards.
     """
-    def make(linear):
-        layer = DoRALinear(linear, r, alpha=alpha, dropout=dropout, init=init)
-        return make_rslora(layer) if rslora else layer
-
-    return wrap_linears(model, make, targets=targets, layers=layers, who="apply_dora")
+    return wrap_linears(model, lambda linear: DoRALinear(linear, r, alpha=alpha, dropout=dropout, init=init,
+                                                         rslora=rslora), targets=targets, layers=layers,
+                        who="apply_dora")

@@ -22,8 +22,10 @@ replace W0, b0 (`merge`): inference then costs exactly the base Linear (structur
 (a = √5), vectors and scalars 0, so the layer equals the base at init. C, D, E need the base bias (as PEFT).
 Defaults (PEFT's): A, B "lora", C "lora", D, E "scalar", r = 4 (the paper's rank) — one config for all
 layers unless `configs` names per-layer ones. The paper's evolutionary search over per-layer configs
-(supernet + search) is not implemented here. Checked against its own known answers (tests/test_methods_glora.py);
-PEFT 0.21 has no GLoRA tuner to compare with.
+(supernet + search) is not implemented here. Checked against its own known answers and against PEFT's
+`tuners/glora` on an nn.Linear (tests/test_methods_glora.py: outputs and merged weights equal in float64).
+PEFT's is the same method with two differences: A and B share one kind, and D and E another (here each
+support has its own), and it adapts nn.Linear only (not GPT-2's Conv1D, so no GPT-2 adapter is exchanged).
 
 GLoRA is not LoRA-shaped (five supports, four kinds), so GLoRALinear wraps the Linear itself rather
 than subclass LoRALinear; it has the same interface: merge, unmerge, enabled, adapter_parameters.
@@ -36,7 +38,8 @@ import math
 from tinylora import functional as F
 from tinylora import nn
 from tinylora.engine.tensor import zeros
-from tinylora.lora.apply import TARGETS, _check_layers, _check_targets
+from tinylora.lora.adapter_io import remember_base
+from tinylora.lora.apply import TARGETS, _check_layers, _check_targets, all_or_nothing
 
 KINDS = {"A": ("lora", "vector", "scalar", "none"), "B": ("lora", "vector", "scalar", "none"),
          "C": ("lora", "vector", "none"), "D": ("vector", "scalar", "none"), "E": ("vector", "scalar", "none")}
@@ -199,19 +202,24 @@ def apply_glora(model, r: int = 4, targets=("q", "v"), layers=None, config: dict
     if blocks is None:
         raise TypeError(f"apply_glora: expected a GPT with .blocks, got {type(model).__name__}")
     configs = dict(configs or {})
-    for i in _check_layers(layers, len(blocks)):
-        for t in targets:
+    places = [(i, t) for i in _check_layers(layers, len(blocks)) for t in targets]
+    unknown = sorted(set(configs) - {f"blocks.{i}.{TARGETS[t]}.{t}" for i, t in places})
+    if unknown:
+        raise ValueError(f"apply_glora: configs name modules that are not adapted: {unknown}")
+    for i, t in places:
+        linear = getattr(getattr(blocks[i], TARGETS[t]), t)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"apply_glora: blocks.{i}.{TARGETS[t]}.{t} already has an adapter "
+                             f"({type(linear).__name__})")
+    with all_or_nothing(model):  # a refused layer (a rank too large, C..E without a bias) leaves the model as it was
+        remember_base(model)
+        for i, t in places:
             parent = getattr(blocks[i], TARGETS[t])
-            linear = getattr(parent, t)
             name = f"blocks.{i}.{TARGETS[t]}.{t}"
-            if not isinstance(linear, nn.Linear):
-                raise ValueError(f"apply_glora: {name} already has an adapter ({type(linear).__name__})")
-            setattr(parent, t, GLoRALinear(linear, r, {**(config or {}), **configs.pop(name, {})}))
-    if configs:
-        raise ValueError(f"apply_glora: configs name modules that were not adapted: {sorted(configs)}")
-    train = {id(p) for _, layer in glora_layers(model) for p in layer.adapter_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in train)
+            setattr(parent, t, GLoRALinear(getattr(parent, t), r, {**(config or {}), **configs.get(name, {})}))
+        train = {id(p) for _, layer in glora_layers(model) for p in layer.adapter_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in train)
     return model
 
 

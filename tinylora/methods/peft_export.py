@@ -12,7 +12,7 @@ see tinylora/lora/peft.py). This adds what the two re-parameterisations need, af
 
 PiSSA and OLoRA layers must be converted first (`tinylora.methods.pissa.pissa_to_lora`): their base
 weights are residuals, which a PEFT adapter for the original model cannot carry. AdaLoRA and GLoRA are
-refused (PEFT's AdaLoRA adapters are not exported here; PEFT has no GLoRA).
+refused (PEFT's AdaLoRA and GLoRA adapters are other adapter types, not written here).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tinylora.io import load_tensors, read_json, save_tensors, write_json_atomic
 from tinylora.lora.adapter_io import _LORA_NAME
 from tinylora.lora.apply import lora_layers
 from tinylora.lora.layer import LoRALinear
-from tinylora.lora.peft import CONFIG_FILE, FUSED, HF_MODULE, TENSOR_FILE, export_peft
+from tinylora.lora.peft import CONFIG_FILE, FUSED, HF_MODULE, TENSOR_FILE, write_peft
 from tinylora.methods.dora import DoRALinear
 from tinylora.methods.glora import glora_layers
 from tinylora.methods.pissa import PiSSALinear
@@ -36,7 +36,8 @@ from tinylora.methods.pissa import PiSSALinear
 def export_method_peft(model, path) -> None:
     """`export_peft`, then the scalings and DoRA magnitudes described above. Writes `path` (a PEFT adapter)."""
     if any(True for _ in glora_layers(model)):
-        raise ValueError("export_method_peft: PEFT has no GLoRA; merge it instead (merge_and_unload_glora)")
+        raise ValueError("export_method_peft: GLoRA is not a PEFT LoRA adapter; merge it instead "
+                         "(merge_and_unload_glora)")
     groups = {}  # (block, HF module) -> {target: layer}
     for name, layer in lora_layers(model):
         if isinstance(layer, PiSSALinear):
@@ -47,7 +48,7 @@ def export_method_peft(model, path) -> None:
                              "format cannot carry")
         i, target = _LORA_NAME.fullmatch(name).groups()
         groups.setdefault((int(i), HF_MODULE[target]), {})[target] = layer
-    export_peft(model, path)  # A, B (checks the layout and raises for anything it cannot map)
+    write_peft(model, path)  # A, B (checks the layout and raises for anything it cannot map)
 
     path = os.fspath(path)
     config = read_json(os.path.join(path, CONFIG_FILE))

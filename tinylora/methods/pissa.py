@@ -31,7 +31,6 @@ from tinylora import nn
 from tinylora.engine.backend import device_of
 from tinylora.lora.apply import lora_layers, mark_only_lora_as_trainable
 from tinylora.lora.layer import LoRALinear
-from tinylora.methods.rslora import make_rslora
 from tinylora.methods.wrap import wrap_linears
 
 INITS = ("pissa", "olora")
@@ -55,21 +54,23 @@ class PiSSALinear(LoRALinear):
 
     Args: base, r, alpha, dropout as LoRALinear; init: "pissa" (SVD) or "olora" (QR); rslora: s = α/√r.
     Attributes added: initial_A (r, k), initial_B (d, r): raw copies of A0, B0 (not trained, not in the
-    state dict), kept for `pissa_to_lora`; the cost is r(d + k) numbers per layer.
+    state dict), kept for `pissa_to_lora`; the cost is r(d + k) numbers per layer. original (d, k): W0's own
+    array, kept so that `original_weight` and `pissa_to_lora` give W0 back bit for bit (W_res + s B0 A0
+    is W0 only up to rounding, and an adapter for the original base is checked against its weights' hash).
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
                  init: str = "pissa", rslora: bool = False):
         if init not in INITS:
             raise ValueError(f"PiSSALinear: init must be one of {INITS}, got {init!r}")
-        super().__init__(base, r, alpha=alpha, dropout=dropout)  # A kaiming, B = 0: replaced just below
+        super().__init__(base, r, alpha=alpha, dropout=dropout, rslora=rslora)  # A, B: replaced just below
         self.init = init
-        if rslora:
-            make_rslora(self)
         A, B = principal_factors(base.weight.data, self.r, self.scaling, init)
         self.lora_A.data[...], self.lora_B.data[...] = A, B
         self.initial_A, self.initial_B = A.copy(), B.copy()
-        base.weight.data -= self.delta_weight()  # W_res = W0 − s B A
+        # W_res = W0 − s B A, as a new array: W0's array stays untouched (all_or_nothing can put it back)
+        self.original = base.weight.data
+        base.weight.data = self.original - self.delta_weight()
 
     def reset_lora_parameters(self) -> None:
         """Back to A0, B0 (W_res is unchanged: the layer computes W0 again). LoRALinear's init is not used."""
@@ -80,10 +81,8 @@ class PiSSALinear(LoRALinear):
         self.lora_A.data[...], self.lora_B.data[...] = self.initial_A, self.initial_B
 
     def original_weight(self):
-        """W0 = W_res + s B0 A0 as a raw array (d, k) (unmerged layers only)."""
-        if self.merged:
-            raise RuntimeError("PiSSALinear: unmerge first (base.weight holds W_res + s B A)")
-        return self.base.weight.data + (self.initial_B @ self.initial_A) * self.scaling
+        """W0 (d, k) as it was before the decomposition (= W_res + s B0 A0, exactly: the kept array)."""
+        return self.original
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", init={self.init}"
@@ -121,12 +120,10 @@ def pissa_to_lora(model):
             continue
         layer.unmerge()
         xp = layer.base.weight.device.xp
-        layer.base.weight.data[...] = layer.original_weight()
-        rslora = getattr(layer, "rslora", False)
+        layer.base.weight.data = layer.original_weight()
+        rslora = layer.rslora
         alpha = layer.alpha * (2 ** 0.5 if rslora else 2)
-        plain = LoRALinear(layer.base, 2 * layer.r, alpha=alpha, dropout=layer.lora_dropout.p)
-        if rslora:
-            make_rslora(plain)
+        plain = LoRALinear(layer.base, 2 * layer.r, alpha=alpha, dropout=layer.lora_dropout.p, rslora=rslora)
         plain.lora_A.data[...] = xp.concatenate([layer.lora_A.data, -layer.initial_A])  # (2r, k)
         plain.lora_B.data[...] = xp.concatenate([layer.lora_B.data, layer.initial_B], axis=1)  # (d, 2r)
         parent_name, _, child = name.rpartition(".")

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import warnings
 
-from tinylora.lora.apply import TARGETS, lora_layers
+from tinylora.lora.adapter_io import remember_base
+from tinylora.lora.apply import TARGETS, all_or_nothing, lora_layers
 from tinylora.quant.linear import NF4Linear
 from tinylora.quant.nf4 import BLOCK_SIZE, DQ_BLOCK_SIZE, check_block_size
 
@@ -60,12 +61,17 @@ def quantize_model(model, method: str = "nf4", double_quant: bool = True, block_
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise TypeError(f"quantize_model: expected a GPT with .blocks, got {type(model).__name__}")
-    for block in blocks:
-        for t in targets:
-            parent = getattr(block, TARGETS[t])
-            linear = getattr(parent, t)
-            setattr(parent, t, NF4Linear.from_linear(linear, block_size=block_size, double_quant=double_quant,
-                                                     compute_dtype=compute_dtype, dq_block_size=dq_block_size))
+    with all_or_nothing(model):  # a refused layer leaves the model float, as it was
+        remember_base(model)  # an adapter trained on the NF4 copy names the float base it came from
+        model.quantization = {"method": method, "double_quant": double_quant, "block_size": block_size,
+                              "compute_dtype": compute_dtype, "dq_block_size": dq_block_size,
+                              "targets": list(targets)}  # recorded by save_adapter: what loading rebuilds
+        for block in blocks:
+            for t in targets:
+                parent = getattr(block, TARGETS[t])
+                linear = getattr(parent, t)
+                setattr(parent, t, NF4Linear.from_linear(linear, block_size=block_size, double_quant=double_quant,
+                                                         compute_dtype=compute_dtype, dq_block_size=dq_block_size))
     return model
 
 
@@ -125,6 +131,8 @@ def merge_qlora(model, requantize: bool = False):
     for name, layer in list(quantized_layers(merged)):  # quantized layers without LoRA: Ŵ alone
         _replace(merged, name, layer.to_linear())
         worst = max(worst, _requantize(merged, name, layer) if requantize else 0.0)
+    if not requantize:
+        merged.quantization = None  # a float model now: float LoRA adapters load onto it
     if requantize:
         warnings.warn(f"merge_qlora: re-quantizing the merged weights to NF4 changes them by up to {worst:.3e} "
                       "(absolute, largest over all layers): the merged model no longer computes exactly what the "

@@ -17,15 +17,13 @@ rsLoRA composes with the other methods.
 
 from __future__ import annotations
 
-import math
-
-from tinylora.lora.apply import apply_lora, lora_layers
-from tinylora.lora.layer import LoRALinear
+from tinylora.lora.apply import apply_lora
+from tinylora.lora.layer import LoRALinear, lora_scaling
 
 
 def rslora_scaling(alpha: float, r: int) -> float:
     """s = α / √r."""
-    return alpha / math.sqrt(r)
+    return lora_scaling(alpha, r, rslora=True)
 
 
 def make_rslora(layer):
@@ -46,9 +44,4 @@ def make_rslora(layer):
 def apply_rslora(model, r: int = 8, alpha: float | None = None, targets=("q", "v"), layers=None,
                  dropout: float = 0.0, init: str = "kaiming"):
     """`apply_lora` with s = α/√r in every layer. Arguments as `tinylora.lora.apply_lora`. Returns `model`."""
-    before = {id(layer) for _, layer in lora_layers(model)}
-    apply_lora(model, r=r, alpha=alpha, targets=targets, layers=layers, dropout=dropout, init=init)
-    for _, layer in lora_layers(model):
-        if id(layer) not in before:
-            make_rslora(layer)
-    return model
+    return apply_lora(model, r=r, alpha=alpha, targets=targets, layers=layers, dropout=dropout, init=init, rslora=True)

@@ -12,6 +12,7 @@ adapter training), so the second is refused before anything changes.
 
 from __future__ import annotations
 
+from tinylora.lora.adapter_io import remember_base
 from tinylora.lora.apply import lora_layers
 
 
@@ -33,6 +34,7 @@ def check_plain(model, method: str) -> None:
     if other is not None:
         raise ValueError(f"apply {method}: the model already has {other}; one method per model "
                          f"(start again from the base model)")
+    remember_base(model)  # the base's name and weights' hash, before training replaces some of them
 
 
 def check_layers(layers, n_layer: int, method: str) -> list:

@@ -12,7 +12,10 @@ The code book. Pretrained weights are close to normal, so NF4 puts its 16 values
     δ = ½ ((1 - 1/32) + (1 - 1/30)) ≈ 0.9677083   (bitsandbytes' `create_normal_map` offset, 7 digits)
 
 Φ⁻¹ is `statistics.NormalDist().inv_cdf` (standard library). The result matches the table bitsandbytes
-publishes (float32 values, computed in float32) to 1.1e-7: the table is canonical, the math is this.
+publishes (float32 values, computed in float32) to 1.1e-7, but 10 of its 16 entries differ from the float32
+rounding of the exact values (by 1 to 6 float32 spacings), and a weight near a midpoint then gets another code.
+The table is canonical (every NF4 checkpoint was written with it), so quantization uses it (`CODE`);
+`nf4_code_book` is the math it comes from.
 
 Block-wise absmax quantization of a weight W with n values, flattened row-major, in blocks of 64:
 
@@ -69,7 +72,7 @@ def nf4_code_book(offset: float = OFFSET):
     return values / values.max()  # into [-1, 1]: code[0] = -1, code[7] = 0, code[15] = 1
 
 
-CODE = nf4_code_book().astype(host.float32)  # (16,), what quantization uses
+CODE = host.array(PUBLISHED_NF4, dtype=host.float32)  # (16,), what quantization uses: the published table
 MIDPOINTS = (CODE[:-1] + CODE[1:]) / 2  # (15,): x below midpoint j gets code j or lower
 
 

@@ -251,8 +251,9 @@ def saved_thread_plan(run_dir, start: int) -> dict | None:
     checkpoint that recorded none; then the plan is measured afresh)."""
     if not run_dir or start == 0:
         return None
-    extra = read_json(os.path.join(ckpt.latest_checkpoint(run_dir), "state.json"))["extra"]
-    return extra.get("threads")
+    path = os.path.join(ckpt.latest_checkpoint(run_dir), "state.json")
+    plan = read_json(path)["extra"].get("threads")
+    return None if plan is None else threads.check_plan(plan, where=path)
 
 
 # ------------------------------------------------------------------ one step
@@ -340,7 +341,8 @@ def train(model, train_data, val_data=None, config: TrainConfig | None = None, r
 
     start = start_run(run_dir, model, optimizer, scheduler, record, resume, overwrite, dp, method_state)
     dp.start(start)  # under MPI: every rank starts here, and one that exits before finish() stops the job
-    plan = threads.fix_plan(saved_thread_plan(run_dir, start))  # each product's thread count, fixed for the run
+    # each product's thread count, fixed for the run (MPI ranks take the limit, so that they all agree)
+    plan = threads.fix_plan(saved_thread_plan(run_dir, start), measure=dp.size == 1)
     saved_extra = {"run": record, "ranks": dp.size, "threads": plan}
     log = _MetricsLog(run_dir if dp.is_writer else None, resume_step=start)
     progress = _Progress(config, start) if dp.is_writer else None

@@ -34,7 +34,8 @@ another way), so counts that followed the load product by product would make a r
 on the load. `fix_plan()` (called by `train()`) measures the free cores once and fixes the counts for
 the run: every product of at least SMALL_FLOPS gets that count, every smaller one gets 1, whatever
 the load does later. The plan is a small dict that a checkpoint keeps and a resumed run fixes again,
-so the resumed run multiplies with the counts of the run it continues.
+so the resumed run multiplies with the counts of the run it continues. (The ranks of an MPI job
+measure nothing: each takes the limit, so all of them, and their resumes, use one plan.)
 
 The elementwise kernels (engine/kernels/) share their blocks among threads by the same rule, with
 SMALL_ELEMENTS numbers in place of SMALL_FLOPS (`workers_for`); how blocks are shared never changes a
@@ -200,28 +201,35 @@ def use_threads(n: int | None) -> None:
 
 
 # ------------------------------------------------------------------ a training run's plan
-def fix_plan(plan: dict | None = None) -> dict:
+def fix_plan(plan: dict | None = None, measure: bool = True) -> dict:
     """Fix every product's thread count until `release_plan()`; returns the plan now in force.
 
     A plan is {"large_product_threads": n, "small_flops": f}: a product of fewer than f FLOPs gets
     one thread, every other n. plan: the plan an earlier part of the run saved (a checkpoint's), used
-    as it is. None: measured now, n = min(limit, free cores) and f = SMALL_FLOPS (with adaptive threads
+    as it is. None: made now, n = min(limit, free cores) and f = SMALL_FLOPS (with adaptive threads
     off: n = the limit for every product, f = 0); the first measurement of a process waits INTERVAL
-    seconds, to have an interval to measure the load over.
+    seconds, to have an interval to measure the load over. measure=False: n = the limit, measuring
+    nothing (the ranks of an MPI job then make the same plan from the same environment).
     """
     global _plan
     if plan is None:
-        if _adaptive and _sample is None and get_num_threads() > 1:
+        if measure and _adaptive and _sample is None and get_num_threads() > 1:
             free_cores()  # the first sample, then an interval to measure over
             time.sleep(INTERVAL)
-        plan = {"large_product_threads": _threads(small=False), "small_flops": SMALL_FLOPS if _adaptive else 0}
+        count = _threads(small=False) if measure else get_num_threads()
+        plan = {"large_product_threads": count, "small_flops": SMALL_FLOPS if _adaptive else 0}
+    _plan = check_plan(plan)
+    return dict(_plan)
+
+
+def check_plan(plan, where: str = "") -> dict:
+    """`plan` if it is a valid plan (see fix_plan), else a ValueError naming `where` (a file) and what is wrong."""
     count, small = (plan.get("large_product_threads"), plan.get("small_flops")) if isinstance(plan, dict) else (0, 0)
     if (not isinstance(count, int) or isinstance(count, bool) or count < 1
             or not isinstance(small, (int, float)) or isinstance(small, bool) or not 0 <= small < math.inf):
-        raise ValueError(f"thread plan {plan!r}: expected {{'large_product_threads': a positive int, "
-                         "'small_flops': a number >= 0}")
-    _plan = {"large_product_threads": count, "small_flops": small}
-    return dict(_plan)
+        raise ValueError(f"{where + ': ' if where else ''}thread plan {plan!r}: expected "
+                         "{'large_product_threads': a positive int, 'small_flops': a number >= 0}")
+    return {"large_product_threads": count, "small_flops": small}
 
 
 def current_plan() -> dict | None:

@@ -8,8 +8,8 @@ The memory rule that makes LoRA cheap lives here. For y = x @ W.T:
 So when W is frozen, the node saves W but not x.
 
 Every product below is `a @ b` (`_product`). With the fast paths on, NumPy products go through
-engine/kernels/matmul.py, which picks their thread count (the same numbers, to the last bit for a given
-thread count); TINYLORA_KERNELS=0 runs the plain `a @ b`.
+engine/kernels/matmul.py, which picks their thread count: the same product, whose last bits can depend
+on the thread count BLAS runs it on. TINYLORA_KERNELS=0 runs the plain `a @ b`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tinylora.engine.ops._util import broadcast_shapes, unbroadcast
 
 
 def _product(a, b):
-    """a @ b (on NumPy arrays with the fast paths on: engine/kernels/matmul.py, same numbers)."""
+    """a @ b (on NumPy arrays with the fast paths on: engine/kernels/matmul.py, the thread count chosen)."""
     return fast.product(a, b) if fast.takes(a, b) else a @ b
 
 
