@@ -53,7 +53,9 @@ def classify(rc, err, words, ok=False):
     if rc == 0:
         return "silent"
     one = len(lines) == 1 and lines[0].startswith("tinylora: error:") and "Traceback" not in err
-    return "clear" if one and all(w in lines[0] for w in words) else "unhelpful"
+    # each of `words` is a word the line must hold, or a tuple of words of which it must hold one
+    named = all(any(alt in lines[0] for alt in ((w,) if isinstance(w, str) else w)) for w in words)
+    return "clear" if one and named else "unhelpful"
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def main() -> None:
                               ("--tfinal", "-1", "tfinal"), ("--target-r", "9", "target_r"),
                               ("--orth-reg-weight", "nan", "orth_reg_weight"),
                               ("--orth-reg-weight", "-1", "orth_reg_weight")):
-        case("adalora", [*ada, "--max-steps", "3", flag, value, "--out", "OUT"], [word])
+        case("adalora", [*ada, "--max-steps", "3", flag, value, "--out", "OUT"], [(word, flag)])
     resumed = f"{root}/adaresume"
     run([*ada, "--max-steps", "4", "--checkpoint-every", "2", "--out", resumed], root)
     case("adalora", [*ada, "--max-steps", "4", "--checkpoint-every", "2", "--out", resumed, "--resume"], ok=True)
