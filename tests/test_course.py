@@ -68,7 +68,8 @@ def test_every_task_names_functions_that_exist_and_have_tests():
         assert os.path.isfile(os.path.join(root, assignment.notebook)), assignment.notebook
         for task in assignment.tasks:
             assert f"pytest.mark.{assignment.marker(task)}" in tests, f"{assignment.message(task)} has no tests"
-            assert all(n < task.number for n in task.needs)
+            assert all(n != task.number and n in [t.number for t in assignment.tasks] for n in task.needs), \
+                f"{assignment.message(task)}: needs must name other tasks of {assignment.id}"
             for path, qualname in task.functions:
                 get_body(open(os.path.join(root, path), encoding="utf-8").read(), qualname)  # raises if missing
 

@@ -33,13 +33,15 @@ def test_unbroadcast_sums_over_the_stretched_axes(grad_shape, shape):
         expected[source] += grad[index]
     got = unbroadcast(grad, shape)
     assert got.shape == ones.shape, f"unbroadcast to {shape} returned shape {got.shape}"
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12,
+                               err_msg="each entry of the input gets the sum of the gradient over its broadcast copies")
 
 
 @pytest.mark.a1_task1
 def test_unbroadcast_of_the_same_shape_changes_nothing():
     grad = random_array((3, 4))
-    np.testing.assert_array_equal(unbroadcast(grad, (3, 4)), grad)
+    np.testing.assert_array_equal(unbroadcast(grad, (3, 4)), grad,
+                                  err_msg="a gradient that already has the input's shape passes through unchanged")
 
 
 # ------------------------------------------------------------------ task 2: exp and tanh
@@ -47,7 +49,8 @@ def test_unbroadcast_of_the_same_shape_changes_nothing():
 @pytest.mark.parametrize("op, reference", [(F.exp, np.exp), (F.tanh, np.tanh)])
 def test_exp_and_tanh_forward_and_gradient(op, reference):
     x = t64((3, 5))
-    np.testing.assert_allclose(op(x).detach().numpy(), reference(x.detach().numpy()), rtol=1e-12)
+    np.testing.assert_allclose(op(x).detach().numpy(), reference(x.detach().numpy()), rtol=1e-12,
+                               err_msg=f"the forward of {op.__name__} must equal NumPy's {reference.__name__}")
     gradcheck(op, [x])
 
 
@@ -75,8 +78,9 @@ def test_mul_gives_no_gradient_to_an_input_that_does_not_want_one():
     a = t64((2, 3))
     frozen = tinylora.tensor(random_array((2, 3), 3), dtype="float64")  # requires_grad=False
     (a * frozen).backward(tinylora.tensor(np.ones((2, 3))))
-    np.testing.assert_allclose(a.grad.detach().numpy(), frozen.detach().numpy())
-    assert frozen.grad is None
+    np.testing.assert_allclose(a.grad.detach().numpy(), frozen.detach().numpy(),
+                               err_msg="d(a * b)/da = b")
+    assert frozen.grad is None, "an input that does not require grad must get no gradient"
 
 
 # ------------------------------------------------------------------ task 4: matmul

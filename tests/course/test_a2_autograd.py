@@ -20,12 +20,12 @@ def t64(shape, seed=0, grad=True):
 def test_no_grad_builds_no_graph_and_restores_the_previous_state():
     x = t64((3,))
     with no_grad():
-        assert not is_grad_enabled()
+        assert not is_grad_enabled(), "inside no_grad, graph building is off"
         y = x * 2
         with no_grad():
             pass
         assert not is_grad_enabled(), "leaving an inner no_grad must not switch gradients back on"
-    assert is_grad_enabled()
+    assert is_grad_enabled(), "leaving the outer no_grad must switch graph building back on"
     assert not y.requires_grad and y._ctx is None, "an op under no_grad must not record a node"
 
 
@@ -40,7 +40,8 @@ def test_no_grad_restores_the_state_after_an_exception_and_works_as_a_decorator(
     def double(t):
         return t * 2
 
-    assert not double(t64((2,))).requires_grad and is_grad_enabled()
+    assert not double(t64((2,))).requires_grad and is_grad_enabled(), \
+        "as a decorator, no_grad switches graph building off inside the function only"
 
 
 # ------------------------------------------------------------------ task 2: topological order
@@ -53,7 +54,7 @@ def test_every_node_comes_before_the_nodes_that_made_its_inputs():
     order = topological_order(y._ctx)
     assert [id(n) for n in order].count(id(a._ctx)) == 1, "each node appears once"
     position = {id(n): i for i, n in enumerate(order)}
-    assert set(position) == {id(t._ctx) for t in (a, b, c, y)}
+    assert set(position) == {id(t._ctx) for t in (a, b, c, y)}, "the order holds every node of the graph, and only those"
     for consumer, producer in [(y, b), (y, c), (b, a), (c, a)]:
         assert position[id(consumer._ctx)] < position[id(producer._ctx)], \
             "a node must come before the node that produced its input (its gradient is complete only then)"
@@ -65,7 +66,7 @@ def test_a_chain_of_ten_thousand_ops_needs_no_recursion():
     y = x
     for _ in range(10_000):
         y = y * 1.0
-    assert len(topological_order(y._ctx)) == 10_000
+    assert len(topological_order(y._ctx)) == 10_000, "a chain of 10,000 ops has 10,000 nodes, each once"
 
 
 # ------------------------------------------------------------------ task 3: accumulation
@@ -74,7 +75,8 @@ def test_an_input_used_twice_gets_the_sum_of_both_gradients():
     x = t64((4,))
     y = x * x + x  # dy/dx = 2x + 1
     y.backward(tinylora.tensor(np.ones(4)))
-    np.testing.assert_allclose(x.grad.numpy(), 2 * x.detach().numpy() + 1, rtol=1e-12)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.detach().numpy() + 1, rtol=1e-12,
+                               err_msg="a leaf used three times gets the sum of all three gradients: 2x + 1")
 
 
 @pytest.mark.a2_task3
@@ -92,7 +94,7 @@ def test_two_backward_passes_add_up():
     x = t64((3,))
     for _ in range(2):
         (x * 3.0).backward(tinylora.tensor(np.ones(3)))
-    np.testing.assert_allclose(x.grad.numpy(), 6.0)
+    np.testing.assert_allclose(x.grad.numpy(), 6.0, err_msg="two backward passes add into .grad: 3 + 3 = 6")
 
 
 # ------------------------------------------------------------------ task 4: releasing nodes
@@ -115,7 +117,7 @@ def test_saved_memory_returns_to_zero_after_backward():
     x = t64((64, 64))
     before = memory.stats()["current"]["saved"]
     y = (x.exp() * x).tanh()
-    assert memory.stats()["current"]["saved"] > before
+    assert memory.stats()["current"]["saved"] > before, "a forward that needs gradients saves arrays for backward"
     y.backward(tinylora.tensor(np.ones((64, 64))))
     assert memory.stats()["current"]["saved"] == before, "released nodes must stop counting their saved arrays"
 
@@ -129,7 +131,7 @@ def test_linear_saves_x_only_when_the_weight_trains(weight_trains):
     x = t64((4, 3, 8))
     y = layer(x)
     np.testing.assert_allclose(y.detach().numpy(), x.detach().numpy() @ layer.weight.detach().numpy().T
-                               + layer.bias.detach().numpy(), rtol=1e-12)
+                               + layer.bias.detach().numpy(), rtol=1e-12, err_msg="y = x Wᵀ + b")
     saved_sizes = sorted(a.size for a in y._ctx.saved if a is not None)
     if weight_trains:
         assert 4 * 3 * 8 in saved_sizes, "a trainable W needs x for dW = dyᵀ x"
@@ -142,3 +144,29 @@ def test_linear_gradients():
     layer = nn.Linear(5, 4, dtype="float64")
     x = t64((2, 3, 5), 3)
     gradcheck(lambda x, w, b: tinylora.functional.linear(x, w, b), [x, layer.weight, layer.bias])
+
+
+@pytest.mark.a2_task3
+def test_a_node_used_twice_receives_the_sum_of_both_gradients():
+    x = t64((4,))
+    a = x * 2.0  # an intermediate node, used twice below
+    (a * a).backward(tinylora.tensor(np.ones(4)))
+    np.testing.assert_allclose(x.grad.numpy(), 8 * x.detach().numpy(), rtol=1e-12,
+                               err_msg="a node used twice must receive the sum of both gradients: d(2x)²/dx = 8x")
+
+
+@pytest.mark.a2_task3
+def test_a_gradient_array_two_inputs_share_is_never_added_into_in_place():
+    x = t64((3,))
+    a, b = x * 2.0, x * 3.0
+    y = (a + b) + a  # the sums hand the same gradient array to both of their inputs
+    y.backward(tinylora.tensor(np.ones(3)))
+    np.testing.assert_allclose(x.grad.numpy(), 7.0, rtol=1e-12,
+                               err_msg="dy/dx = 2 + 3 + 2 = 7: adding in place into an array another input "
+                                       "shares changes that input's gradient too")
+
+
+@pytest.mark.a2_task3
+def test_a_one_input_op_passes_its_whole_gradient_on():
+    x = t64((3, 4), 5)
+    gradcheck(lambda x: (x * 1.5).exp(), [x])

@@ -19,7 +19,8 @@ def test_softmax_values_and_gradient(axis):
     x = t64((3, 4, 5))
     z = x.detach().numpy()
     e = np.exp(z - z.max(axis=axis, keepdims=True))
-    np.testing.assert_allclose(F.softmax(x, axis=axis).detach().numpy(), e / e.sum(axis=axis, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(F.softmax(x, axis=axis).detach().numpy(), e / e.sum(axis=axis, keepdims=True), rtol=1e-12,
+                               err_msg=f"softmax along axis {axis}: exp(x - max) / sum(exp(x - max))")
     gradcheck(lambda x: F.softmax(x, axis=axis), [x])
 
 
@@ -28,7 +29,7 @@ def test_softmax_does_not_overflow():
     x = tinylora.tensor([[1000.0, 1001.0, 1002.0]], dtype="float64")
     y = F.softmax(x).detach().numpy()
     assert np.isfinite(y).all(), "softmax of large logits overflowed: subtract the row maximum before exp"
-    np.testing.assert_allclose(y.sum(), 1.0)
+    np.testing.assert_allclose(y.sum(), 1.0, err_msg="softmax probabilities sum to 1")
 
 
 # ------------------------------------------------------------------ task 2: cross-entropy

@@ -41,7 +41,8 @@ def test_packing_round_trips_and_puts_the_first_code_in_the_high_nibble(n):
     packed = module.pack_nibbles(codes)
     assert packed.dtype == np.uint8 and packed.size == (n + 1) // 2, "ceil(n / 2) bytes"
     assert packed[0] >> 4 == codes[0], "the first code of each pair goes in the high nibble"
-    np.testing.assert_array_equal(module.unpack_nibbles(packed, n), codes)
+    np.testing.assert_array_equal(module.unpack_nibbles(packed, n), codes,
+                                  err_msg="unpacking returns the n codes that were packed, in order")
 
 
 # ------------------------------------------------------------------ task 3: block-wise absmax quantization
@@ -53,7 +54,8 @@ def test_each_block_is_scaled_by_its_absmax_and_the_error_is_bounded():
     values[70] = 50.0  # an outlier: only its own block gets a coarse scale
     packed, absmax = module.quantize_blocks(values, 64)
     assert absmax.shape == (4,), "one constant per block of 64 (the last block is short)"
-    np.testing.assert_allclose(absmax, [np.abs(values[i:i + 64]).max() for i in range(0, 200, 64)])
+    np.testing.assert_allclose(absmax, [np.abs(values[i:i + 64]).max() for i in range(0, 200, 64)],
+                               err_msg="each block's constant is the absolute maximum of that block")
     restored = module.dequantize_blocks(packed, absmax, 200, 64)
     code = np.asarray(module.nf4_code_book())
     widest_gap = np.diff(code).max()
@@ -67,7 +69,8 @@ def test_each_block_is_scaled_by_its_absmax_and_the_error_is_bounded():
 def test_an_all_zero_block_stays_zero():
     module = nf4()
     packed, absmax = module.quantize_blocks(np.zeros(64, dtype=np.float32), 64)
-    assert absmax[0] == 0 and not module.dequantize_blocks(packed, absmax, 64, 64).any()
+    assert absmax[0] == 0 and not module.dequantize_blocks(packed, absmax, 64, 64).any(), \
+        "an all-zero block has absmax 0 and comes back as zeros (no division by 0)"
 
 
 # ------------------------------------------------------------------ task 4: LoRA-FA
@@ -107,6 +110,21 @@ def test_the_lora_fa_branch_keeps_ax_not_x():
     assert saved_lora_fa < 8 * 64 * 4, f"with A frozen nothing of x's size is kept, got {saved_lora_fa} bytes"
     assert saved_lora - saved_lora_fa >= 8 * 64 * 4, "a trainable A keeps x (N·k floats) for dA = dzᵀ x"
     freeze_lora_A(model)  # ...and here is the function itself
-    assert not model.layer.lora_A.requires_grad and model.layer.lora_A.grad is None
+    assert not model.layer.lora_A.requires_grad and model.layer.lora_A.grad is None, \
+        "freeze_lora_A leaves A frozen with no gradient kept"
     with pytest.raises(ValueError, match="no LoRA layers"):
         freeze_lora_A(nn.Linear(4, 4))
+
+
+@pytest.mark.a6_task1
+@pytest.mark.parametrize("offset", [0.99, 0.95])
+def test_code_book_is_computed_from_the_normal_quantiles_for_any_offset(offset):
+    from statistics import NormalDist
+
+    quantile = NormalDist().inv_cdf
+    positive = [quantile(offset - i * (offset - 0.5) / 8) for i in range(8)]  # linspace(offset, 0.5, 9)[:-1]
+    negative = [-quantile(offset - i * (offset - 0.5) / 7) for i in range(7)]  # linspace(offset, 0.5, 8)[:-1]
+    values = np.sort(np.array(positive + negative + [0.0]))
+    np.testing.assert_allclose(np.asarray(nf4().nf4_code_book(offset)), values / values.max(), rtol=1e-12,
+                               atol=1e-12, err_msg="the code book comes from normal quantiles at the given "
+                                                   "offset (copying the published table is not computing it)")

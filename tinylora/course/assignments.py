@@ -5,7 +5,8 @@ Each task names functions by file and qualified name; `tinylora course release` 
 The reference code carries no markers: this file is the only place that says what a student writes.
 
 A task's tests are the tests in tests/course/ marked `aN_taskM` (e.g. `@pytest.mark.a1_task2`). `needs` lists
-earlier tasks of the same assignment whose code the task's tests also run (a student does those first): CI
+the other tasks of the same assignment whose code the task's tests also run (usually earlier ones; A2's
+accumulation and release both run inside every backward, so each needs the other): CI
 checks that the task plus its needs, and nothing else of the assignment, reaches full marks.
 
 A release of AN stubs AN and every later assignment, except the later tasks AN's tests run (`keeps`: A1's
@@ -77,17 +78,19 @@ A2 = Assignment(
              "every node before the nodes that made its inputs, with an explicit stack (no recursion)"),
         Task(3, "gradient accumulation", ((AUTOGRAD, "_send_to_inputs"),),
              "add each input gradient to its parent's running sum: a node's pending gradient or a leaf's",
-             needs=(2,)),
+             needs=(1, 2, 4)),  # backward releases each node it passes (task 4); gradcheck uses no_grad
         Task(4, "releasing nodes", ((AUTOGRAD, "Function.release"),),
              "drop the saved arrays (stop counting them) and the links, and mark the node freed", needs=(2, 3)),
         Task(5, "the frozen-weight rule", ((f"{OPS}/matmul.py", "Linear.forward"),),
-             "y = x Wᵀ + b, saving W only if x needs a gradient and x only if W does", needs=(2, 3, 4)),
+             "y = x Wᵀ + b, saving W only if x needs a gradient and x only if W does", needs=(1, 2, 3, 4)),
     ))
 
 A3 = Assignment(
     "A3", "Fused ops", "tutorials/course/A3_fused_ops.ipynb", "tests/course/test_a3_fused.py", (
         Task(1, "softmax", ((f"{OPS}/softmax.py", "Softmax.forward"), (f"{OPS}/softmax.py", "Softmax.backward")),
-             "a stable softmax along one axis (subtract the max) and its backward dx = y * (dy - sum(dy * y))"),
+             "a stable softmax along one axis (subtract the max) and its backward dx = y * (dy - sum(dy * y))",
+             copies=(("tinylora/engine/kernels/softmax.py", "rows_forward"),
+                     ("tinylora/engine/kernels/softmax.py", "causal_backward"))),
         Task(2, "cross-entropy", ((f"{OPS}/loss.py", "CrossEntropy.backward"),),
              "backward of mean cross-entropy: (softmax - onehot) / N on kept rows, 0 on ignored ones"),
         Task(3, "layer norm", ((f"{OPS}/layer_norm.py", "LayerNorm.backward"),),

@@ -89,7 +89,7 @@ class Reporter:
         return f"graded code replaced {', '.join(sorted(changed)[:5])}" if changed else ""
 
     def send(self, message: dict) -> None:
-        line = json.dumps(dict(message, token=self.token)) + "\n"  # texts are cut to stay below PIPE_BUF
+        line = json.dumps(dict(message, token=self.token)) + "\n"  # one write per line (texts are cut short)
         os.write(self.fd, line.encode())
 
     def pytest_collectreport(self, report):

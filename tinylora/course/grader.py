@@ -14,7 +14,7 @@ other file are never read. For each grading:
   3. sandbox.py runs them in a fresh `python -I -S` process that cannot import or open the reference,
      cannot start processes, and reports each test through a pipe; every test has its own time limit;
      after a time-out or a crash the process group and any escaped process are killed, and the remaining
-     tests run in a new process (the rest of a task whose test timed out counts as failed, unrun);
+     tests run in a new process (the rest of the task whose test timed out or crashed fails, unrun);
   4. a task scores (tests passed) / (tests collected) × 1 point. Passed means passed: skipped, xfailed
      and errored tests, and tests that never reported, are failures.
 
@@ -97,12 +97,13 @@ def run_tests(tree: str, assignment: Assignment, wanted: list, scratch: str, blo
             break
         if run.timed_out:
             results[culprit] = (False, f"timed out after {timeout:g} s")
-            for nodeid in wanted:
-                if task_of[nodeid] == task_of[culprit]:
-                    results.setdefault(nodeid, (False, "not run: an earlier test of this task timed out"))
         else:
             results[culprit] = (False, "the test process died during this test: " +
                                 (run.log.strip().splitlines() or ["no output"])[-1][:200])
+        what = "timed out" if run.timed_out else "crashed the test process"
+        for nodeid in wanted:  # the rest of that task would most likely do the same: not run, failed
+            if task_of[nodeid] == task_of[culprit]:
+                results.setdefault(nodeid, (False, f"not run: an earlier test of this task {what}"))
     return results
 
 

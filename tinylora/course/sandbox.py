@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 PR_SET_CHILD_SUBREAPER = 36
+MAX_LINE = 1 << 16  # bytes; a report line is under 4 KiB
 
 
 @dataclass
@@ -177,6 +178,7 @@ def _read_reports(process, fd: int, token: str, run: Run, timeout: float, startu
             if chunk:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
+                buffer = buffer[-MAX_LINE:]  # a line longer than any report is junk: keep memory bounded
                 for line in lines:
                     if _accept(line, token, run):
                         deadline = time.monotonic() + timeout
@@ -194,7 +196,7 @@ def _drain(fd: int, token: str, run: Run) -> None:
     """Read what is left in the pipe without waiting (everything that wrote to it is dead by now)."""
     os.set_blocking(fd, False)
     data = b""
-    while True:
+    while len(data) < 64 * MAX_LINE:
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
