@@ -86,7 +86,8 @@ RANGES = {  # AdaLoRA flag -> what the one line names (the flag itself: checked 
 def test_adalora_flags_out_of_range_are_one_line(capsys, tmp_path, base, notes, name):  # noqa: F811
     more, words = RANGES[name]
     code, _, err = cli(capsys, *adalora_args(base, notes, "--max-steps", "3", *more), "--out", tmp_path / "run")
-    assert code == 2 and words in one_error_line(err)
+    line = one_error_line(err)
+    assert code == 2 and words in line, line
     assert not (tmp_path / "run" / "run.json").exists()  # refused before the run started
 
 
@@ -216,3 +217,15 @@ def test_a_short_text_file_is_named_and_explained(capsys, tmp_path, base, val): 
     code, _, err = cli(capsys, "finetune", "--base", base, "--data", short, "--out", tmp_path / "run", *FAST, *val)
     line = one_error_line(err)
     assert code == 2 and str(short) in line and "too short to train on" in line and "window" not in line
+
+
+def test_a_copy_that_fills_the_disk_names_the_file_being_written():
+    """shutil's copies put the source first in an ENOSPC error; the one line names the destination."""
+    import errno
+
+    from tinylora.cli.main import one_line
+
+    err = OSError(errno.ENOSPC, "No space left on device", "/repo/tinylora/io.py", None, "/out/A1/tinylora/io.py")
+    assert one_line(err) == "No space left on device: cannot write /out/A1/tinylora/io.py"
+    other = OSError(errno.ENOENT, "No such file or directory", "/repo/x.py")
+    assert one_line(other) == "No such file or directory: /repo/x.py"

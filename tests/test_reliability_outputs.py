@@ -41,8 +41,9 @@ def requests(tmp_path):
 
 
 def _folder_state(folder) -> dict:
-    """{file name: bytes} of every file in `folder`."""
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+    """{file name: bytes} of every file directly in `folder`."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, name))}
 
 
 # ------------------------------------------------------------------ no output names an input
@@ -184,10 +185,116 @@ def test_a_full_disk_while_writing_the_loss_plot_still_saves_the_adapter(capsys,
     data = tmp_path / "notes.txt"
     data.write_text(some_text(2), encoding="utf-8")
     run = tmp_path / "run"
-    code, out, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", run, "--max-steps", "2",
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", run, "--max-steps", "2",
                          "--batch-size", "4", "--eval-batches", "1", "--no-progress")
     assert code == 0, err
     assert (run / "adapter" / "adapter.safetensors").exists()
     warning = [line for line in err.splitlines() if "loss.png" in line]
     assert len(warning) == 1 and warning[0].startswith("tinylora: warning: ") and "No space left" in warning[0]
     assert not (run / "loss.png").exists() and not [n for n in os.listdir(run) if n.endswith(".tmp")]
+
+
+def test_requests_that_are_not_utf8_name_file_offset_and_line(capsys, tmp_path, base, adapter):  # noqa: F811
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(b'{"prompt": "hi"}\n{"prompt": "caf\xe9"}\n')
+    code, _, err = cli(capsys, "serve", "--model", base, "--requests", requests, "--out", tmp_path / "out.jsonl")
+    line = one_error_line(err)
+    assert code == 2 and str(requests) in line and "line 2" in line
+
+
+@pytest.mark.parametrize("can_exchange", [True, False])
+def test_a_folder_written_over_an_old_one_is_whole_and_leaves_nothing_behind(monkeypatch, tmp_path, can_exchange):
+    """write_folder_atomic over an existing folder, with the atomic exchange and with the two-rename fallback."""
+    from tinylora import io
+
+    if not can_exchange:
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+
+    def write(temp):
+        with open(os.path.join(temp, "new.txt"), "w") as f:
+            f.write("new")
+
+    io.write_folder_atomic(folder, write)
+    assert sorted(os.listdir(folder)) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+    def fails(temp):
+        write(temp)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="cannot write"):
+        io.write_folder_atomic(folder, fails)
+    assert sorted(os.listdir(folder)) == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+@pytest.mark.slow
+def test_merge_overwrite_killed_at_any_moment_leaves_the_old_model_or_the_new(tmp_path, base, adapter):  # noqa: F811
+    """A real `kill -9` of `merge --overwrite` at spread-out moments: the folder is always one whole model."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    merge = [sys.executable, "-m", "tinylora.cli", "merge", "--base", base, "--adapter", adapter, "--overwrite"]
+    assert subprocess.run([*merge, "--out", tmp_path / "new"], env=env, capture_output=True).returncode == 0
+    new = _folder_state(tmp_path / "new")
+    out = tmp_path / "merged"
+    for delay in (0.2, 0.6, 1.0, 1.4, 1.8, 2.2, 2.6, 3.0):
+        model, tokenizer = load_model(base)
+        save_model(model, out, tokenizer)  # the old model, again
+        old = _folder_state(out)
+        proc = subprocess.Popen([*merge, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = _folder_state(out)
+        assert state in (old, new), f"killed after {delay} s: a mix of {sorted(state)}"
+
+
+def test_a_model_folder_that_holds_a_run_is_replaced_whole_and_keeps_the_run(monkeypatch, tmp_path, base):  # noqa: F811
+    """pretrain's --out holds run/ beside the model: the new model replaces the old in one rename, run/ stays."""
+    folder = tmp_path / "model"
+    model, tokenizer = load_model(base)
+    save_model(model, folder, tokenizer)
+    (folder / "run" / "step-000002").mkdir(parents=True)
+    (folder / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (folder / "run" / "step-000002" / "state.json").write_text("{}")
+    old_model = _folder_state(folder)
+    real = load_module.write_json_atomic
+
+    def killed(path, obj):
+        if os.path.basename(path) == "config.json":
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(load_module, "write_json_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, folder, tokenizer, extra={"new": True})
+    monkeypatch.undo()
+    assert _folder_state(folder) == old_model and (folder / "run" / "step-000002" / "state.json").exists()
+    save_model(model, folder, tokenizer, extra={"new": True})
+    assert read_json(folder / "config.json")["new"] is True
+    assert (folder / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert (folder / "run" / "step-000002" / "state.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary folder left
+
+
+def test_without_hard_links_a_model_beside_a_run_is_written_file_by_file(monkeypatch, tmp_path, base):  # noqa: F811
+    import errno
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr(os, "link", no_links)
+    folder = tmp_path / "model"
+    model, tokenizer = load_model(base)
+    save_model(model, folder, tokenizer)
+    (folder / "run").mkdir()
+    (folder / "run" / "metrics.jsonl").write_text("{}\n")
+    save_model(model, folder, tokenizer, extra={"new": True})
+    assert read_json(folder / "config.json")["new"] is True and (folder / "run" / "metrics.jsonl").read_text() == "{}\n"
+    assert sorted(os.listdir(tmp_path)) == ["model"]

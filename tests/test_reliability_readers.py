@@ -8,6 +8,7 @@ tensors that share bytes) are each one FileFormatError naming the file, and one 
 
 import json
 import os
+import shutil
 import struct
 
 import pytest
@@ -38,20 +39,18 @@ def test_hostile_json_is_one_error_naming_the_file(tmp_path, name):
 def test_a_list_shaped_adapter_config_is_one_line_in_generate(capsys, tmp_path, base, adapter):  # noqa: F811
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter.safetensors").write_bytes(open(os.path.join(adapter, "adapter.safetensors"), "rb").read())
+    shutil.copy(os.path.join(adapter, "adapter.safetensors"), folder / "adapter.safetensors")
     (folder / "adapter_config.json").write_text("[1, 2]")
     code, _, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--max-new-tokens", "2")
     assert code == 2 and "adapter_config.json" in one_error_line(err) and "JSON list" in err
 
 
 def test_wrong_shaped_method_settings_are_one_line(capsys, tmp_path, base, adapter):  # noqa: F811
-    from tinylora.methods.choose import FORMAT
-
     folder = tmp_path / "adapter"
     folder.mkdir()
-    (folder / "adapter.safetensors").write_bytes(open(os.path.join(adapter, "adapter.safetensors"), "rb").read())
-    (folder / "adapter_config.json").write_text(json.dumps({"format": FORMAT, "method": "dora", "settings": [1, 2],
-                                                            "base_model": {}}))
+    shutil.copy(os.path.join(adapter, "adapter.safetensors"), folder / "adapter.safetensors")
+    config = {"format": "tinylora-method-adapter", "method": "dora", "settings": [1, 2], "base_model": {}}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
     code, _, err = cli(capsys, "generate", "--model", base, "--adapter", folder, "--max-new-tokens", "2")
     assert code == 2 and "adapter_config.json" in one_error_line(err) and "'settings'" in err
 
@@ -105,3 +104,27 @@ def test_a_valid_header_still_reads(tmp_path):
               "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}, "__metadata__": {"k": "v"}}
     tensors = load_tensors(safetensors_file(tmp_path / "ok.safetensors", header))
     assert sorted(tensors) == ["a", "b"] and tensors["a"].shape == (2,)
+
+
+def test_a_metrics_line_cut_short_is_named_by_file_and_line(tmp_path):
+    from tinylora.train.plot import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', encoding="utf-8")
+    with pytest.raises(FileFormatError, match=f"{path}:2"):
+        read_metrics(path)
+
+
+def test_a_checkpoint_state_without_its_extra_is_one_line(capsys, tmp_path, base):  # noqa: F811
+    from test_cli import FAST, some_text
+
+    data = tmp_path / "notes.txt"
+    data.write_text(some_text(1), encoding="utf-8")
+    args = ["finetune", "--base", base, "--data", data, "--out", tmp_path / "run", *FAST, "--checkpoint-every", "1"]
+    assert cli(capsys, *args)[0] == 0
+    state = tmp_path / "run" / "step-000003" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["extra"]
+    state.write_text(json.dumps(saved))
+    code, _, err = cli(capsys, *args, "--resume")
+    assert code == 2 and "state.json" in one_error_line(err) and "'extra'" in err

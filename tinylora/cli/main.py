@@ -22,6 +22,7 @@ traceback. Anything else is a bug in tinylora: its traceback is shown, then a
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -62,7 +63,10 @@ BUGS = (NotImplementedError, RecursionError)
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (an OSError's reason and file, a KeyError without quotes)."""
     if isinstance(err, OSError) and err.strerror:
-        text = err.strerror + (f": {err.filename}" if err.filename and str(err.filename) not in err.strerror else "")
+        # a copy that fills the disk (shutil) names the source first: the file being written is the second
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename2
+        name = f"cannot write {err.filename2}" if full else err.filename
+        text = err.strerror + (f": {name}" if name and str(name) not in err.strerror else "")
     elif isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])  # KeyError's str() would add quotes
     else:

@@ -53,19 +53,21 @@ def _adapters(specs) -> dict:
 def read_requests(path) -> list:
     """The requests of a JSONL file: [{"adapter": str, "prompt": str}, ...] ("base" when no adapter is named).
 
-    A byte-order mark at the start is skipped, as in training data."""
+    The file is read as training data is (tinylora.data.read_text): a byte-order mark is skipped, and
+    bytes that are not UTF-8 are one error naming the file, offset and line."""
+    from tinylora.data import read_text
+
     requests = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = parse_json(line, f"{path}:{number}")
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: a request needs a \"prompt\" string")
-            if row.get("adapter") is not None and not isinstance(row["adapter"], str):
-                raise ValueError(f"{path}:{number}: \"adapter\" must be one adapter's name (a string), "
-                                 f"got {json.dumps(row['adapter'])[:40]}")
-            requests.append({"adapter": row.get("adapter") or "base", "prompt": row["prompt"]})
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        row = parse_json(line, f"{path}:{number}")
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"{path}:{number}: a request needs a \"prompt\" string")
+        if row.get("adapter") is not None and not isinstance(row["adapter"], str):
+            raise ValueError(f"{path}:{number}: \"adapter\" must be one adapter's name (a string), "
+                             f"got {json.dumps(row['adapter'])[:40]}")
+        requests.append({"adapter": row.get("adapter") or "base", "prompt": row["prompt"]})
     if not requests:
         raise ValueError(f"{path} holds no requests")
     return requests

@@ -140,4 +140,4 @@ def read_release(folder: str) -> dict:
     path = os.path.join(folder, RELEASE_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: {folder} is not a folder written by `tinylora course release`")
-    return require_fields(read_json(path), path, {"assignment": str})
+    return require_fields(read_json(path), path, {"assignment": str, "stubbed": list})

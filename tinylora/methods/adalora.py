@@ -144,6 +144,8 @@ class RankAllocator:
         tinit, tfinal, delta_t: the schedule's warm-up, final phase and masking interval (PEFT: 0, 0, 1).
         beta1, beta2: the EMA factors (0.85, 0.85).
     Attributes: budget (the current b), rank_pattern ({layer name: [bool] * r}, None before any mask).
+    state_dict() / load_state_dict(): Ī, Ū, b and the pattern as arrays, which every training checkpoint
+    keeps (tinylora.train.checkpoint), so that a resumed run prunes exactly as an uninterrupted one.
     """
 
     def __init__(self, model, target_r: int = 8, total_step: int | None = None, tinit: int = 0, tfinal: int = 0,
@@ -260,10 +262,14 @@ class RankAllocator:
     def load_state_dict(self, state: dict, source: str = "the allocator state") -> None:
         """Restore what state_dict() returned (read back from `source`, named in errors)."""
         known = {key: p for key, p in self._named()}
-        names = {name for name, _ in self.layers}
-        unknown = [k for k in state if not (k == "budget" or k.split("/", 1)[-1] in known
-                                            and k.split("/", 1)[0] in ("sensitivity", "uncertainty")
-                                            or k.startswith("rank_pattern/") and k.split("/", 1)[1] in names)]
+        ranks = {name: layer.r for name, layer in self.layers}
+
+        def expected(key: str) -> bool:
+            kind, _, name = key.partition("/")
+            return (key == "budget" or kind in ("sensitivity", "uncertainty") and name in known
+                    or kind == "rank_pattern" and name in ranks and state[key].shape == (ranks[name],))
+
+        unknown = [key for key in state if not expected(key)]
         if "budget" not in state or unknown:
             raise ValueError(f"{source}: not the allocator state of this model's AdaLoRA layers "
                              f"(unexpected {unknown[:3]}{', no budget' if 'budget' not in state else ''})")

@@ -25,6 +25,7 @@ adapter saved from the model records it as its base).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 
 import numpy as np
@@ -58,8 +59,10 @@ def save_model(model, path, tokenizer=None, extra: dict | None = None) -> None:
     """Write `model` (a GPT, LoRA merged away or never applied) and its tokenizer to folder `path`.
 
     The folder is written whole and replaces an earlier one in one rename (tinylora.io.write_folder_atomic),
-    so a kill leaves the old model or the new one, never new weights beside an old config.json. A folder
-    that also holds other things (pretrain's run/) is written file by file instead, keeping them.
+    so a kill leaves the old model or the new one, never new weights beside an old config.json. What
+    else the folder holds (pretrain's run/) is carried into the new folder as hard links, so nothing
+    is copied and nothing is lost; where the file system has no hard links, the model's files are
+    written one by one instead, beside the rest.
     """
     from tinylora.lora import lora_layers
 
@@ -77,15 +80,36 @@ def save_model(model, path, tokenizer=None, extra: dict | None = None) -> None:
         config.update(extra or {})
         write_json_atomic(os.path.join(folder, "config.json"), config)
 
-    if other_entries(path):
-        os.makedirs(path, exist_ok=True)
-        write(os.fspath(path))
+    others = other_entries(path)
+
+    def write_beside_others(folder):
+        for name in others:
+            _link_tree(os.path.join(path, name), os.path.join(folder, name))
+        write(folder)
+
+    try:
+        write_folder_atomic(path, write_beside_others)
+    except OSError as err:
+        if not others or err.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+            raise
+        write(os.fspath(path))  # no hard links here: the model's files one by one, the rest untouched
+
+
+def _link_tree(source: str, target: str) -> None:
+    """Recreate `source` (a file, a link or a folder) at `target` with hard links to its files."""
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+    elif os.path.isdir(source):
+        os.mkdir(target)
+        for name in os.listdir(source):
+            _link_tree(os.path.join(source, name), os.path.join(target, name))
     else:
-        write_folder_atomic(path, write)
+        os.link(source, target)
 
 
 def other_entries(path) -> list:
-    """The names in folder `path` that save_model does not write (and would not keep if it replaced the folder)."""
+    """The names in folder `path` that save_model does not write (hidden ones, such as leftover temporary
+    files, are not counted and not carried over)."""
     if not os.path.isdir(path):
         return []
     return sorted(n for n in os.listdir(path) if n not in MODEL_FILES and not n.startswith("."))

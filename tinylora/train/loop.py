@@ -42,7 +42,7 @@ import numpy as np
 from tinylora.train import distributed
 from tinylora.engine.backend import memory, synchronize, threads, tune_for_training
 from tinylora.engine.tensor import tensor
-from tinylora.io import NonFiniteError, read_json, write_json_atomic
+from tinylora.io import NonFiniteError, read_json, require_fields, write_json_atomic
 from tinylora.nn.module import evaluating
 from tinylora.optim import AdamW, LRScheduler, clip_grad_norm_
 from tinylora.train import checkpoint as ckpt
@@ -233,7 +233,8 @@ def start_run(run_dir, model, optimizer, scheduler, record: dict, resume: bool, 
         return 0
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest:
-        extra = read_json(os.path.join(latest, "state.json"))["extra"]
+        state_path = os.path.join(latest, "state.json")
+        extra = require_fields(read_json(state_path), state_path, {"extra": dict})["extra"]
         check_same_run(extra.get("run", extra), record, latest)  # checkpoints before run.json kept {"config"}
         (dp or distributed.current()).check_resume(extra.get("ranks"))  # the same number of MPI ranks
         if method_state is not None:

@@ -7,11 +7,10 @@ atomically, so a failed write leaves no half file.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
-from tinylora.io import _atomic_write
+from tinylora.io import _atomic_write, parse_json
 
 
 def _pyplot():
@@ -27,8 +26,9 @@ def _pyplot():
 
 
 def read_metrics(path) -> list[dict]:
+    """The rows of a metrics.jsonl file; a line that is not a JSON object is an error naming file and line."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [parse_json(line, f"{path}:{number}", dict) for number, line in enumerate(f, 1) if line.strip()]
 
 
 def plot_losses(metrics_path, png_path, title: str = "training") -> bool:
