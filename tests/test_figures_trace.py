@@ -27,7 +27,7 @@ REGISTRY = json.loads((ROOT / "benchmarks" / "figures.json").read_text(encoding=
 ENTRIES = REGISTRY["figures"]
 KINDS = ("source", "arithmetic", "paper", "setting")
 BEGIN, END = "<!-- figures:checked -->", "<!-- /figures:checked -->"
-NUMBER = re.compile(r"(?<![\w.])[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?")
+NUMBER = re.compile(r"(?<![\w.])[-+−]?\d(?:[\d,]*\d)?(?:\.\d+)?(?:e[-+]?\d+)?%?")
 # code spans, link targets, comments, table rules, and names with digits (GPT-2, Table 3, §7, Figure 4, App. H.2)
 IGNORED = re.compile(r"`[^`]*`|\]\([^)]*\)|<!--.*?-->|\|[-:| ]+\||GPT-\d|(?:Tables?|Figures?|Fig\.|§|App\. [A-Z]\.?)\s?\d+(?:\s*(?:and|,)\s*\d+)*|[A-Za-z]+\d\w*")
 
