@@ -38,7 +38,7 @@ OUT_DIR = common.RESULTS_DIR / "near_task"
 SIZES = {  # name -> (n_layer, n_head, n_embd); "mini" is the shipped base-mini's shape
     "nano": (1, 2, 32),
     "micro": (2, 2, 64),
-    "small": (3, 4, 96),
+    "small": (3, 4, 96),  # a fourth size between micro and mini: its pretraining did not fit this project's CPU time
     "mini": (4, 4, 128),
 }
 PRETRAIN = {"max_steps": 1500, "batch_size": 16, "lr": 2e-3, "warmup_steps": 100, "eval_every": 250}

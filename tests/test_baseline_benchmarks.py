@@ -32,7 +32,22 @@ def test_table3_test_prompts_are_held_out_with_three_references():
 def test_table3_runs_end_to_end(tmp_path):
     out = tmp_path / "t3.json"
     table3_e2e.main(["--steps", "2", "--batch", "2", "--train", "30", "--test", "1", "--methods", "full,adapter-h",
-                     "--work", str(tmp_path / "runs"), "--out", str(out)])
-    rows = json.loads(out.read_text())["result"]["rows"]
-    assert rows["adapter-h"]["trainable"] == 9_248 and rows["full"]["trainable"] == 859_008
+                     "--seeds", "0", "--work", str(tmp_path / "runs"), "--out", str(out)])
+    result = json.loads(out.read_text())["result"]
+    rows = result["rows"]
+    assert rows["adapter-h"]["0"]["trainable"] == 9_248 and rows["full"]["0"]["trainable"] == 859_008
+    assert set(result["baselines"]) == {"constant", "template"} and result["summary"]["full"]["bleu"][1] == 0.0
     assert out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
+
+
+def test_table3_says_which_differences_exceed_the_spread():
+    runs = {"lora": {0: {"val_loss_after": 1.0, "bleu": 10.0, "rouge_l": 30.0},
+                     1: {"val_loss_after": 1.2, "bleu": 12.0, "rouge_l": 32.0}},
+            "a": {0: {"val_loss_after": 1.0, "bleu": 20.0, "rouge_l": 30.0},
+                  1: {"val_loss_after": 1.0, "bleu": 20.0, "rouge_l": 30.0}},
+            "b": {0: {"val_loss_after": 1.0, "bleu": 9.0, "rouge_l": 30.0},
+                  1: {"val_loss_after": 1.0, "bleu": 14.0, "rouge_l": 30.0}}}
+    summary = table3_e2e.summarize(runs)
+    assert summary["lora"]["bleu"] == pytest.approx((11.0, 2 ** 0.5))  # mean, sample sd
+    assert table3_e2e.against_lora(summary, "a") == "above LoRA"  # 20 vs 11: 9 > 0 + 1.41
+    assert table3_e2e.against_lora(summary, "b") == "within spread"  # 11.5 vs 11: 0.5 <= 3.54 + 1.41

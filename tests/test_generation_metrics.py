@@ -1,5 +1,6 @@
 """BLEU / ROUGE-L of greedy completions (tinylora/train/generation_metrics.py): known answers and grouping."""
 
+import json
 import math
 import sys
 from collections import Counter
@@ -125,11 +126,22 @@ def test_evaluation_records_the_model_it_scored():
 
     model, tokenizer = load_model("base-mini")
     pairs = [{"prompt": "name[The Eagle] ||", "completion": " The Eagle is a pub."}]
-    before = evaluate_generation(model, tokenizer, pairs, max_new_tokens=2)["model"]
+    before = evaluate_generation(model, tokenizer, pairs, max_new_tokens=2)["scored_model"]
     assert before["parameters"] == model.num_parameters() and before["shape"]["n_layer"] == 4
     apply_lora(model, r=2)  # LoRA's A and B are not part of the digest: the base it sits on is
-    assert evaluate_generation(model, tokenizer, pairs, max_new_tokens=2)["model"]["weights_sha256_without_lora"] \
+    assert evaluate_generation(model, tokenizer, pairs, max_new_tokens=2)["scored_model"]["weights_sha256_without_lora"] \
         == before["weights_sha256_without_lora"]
     model.blocks[0].attn.k.weight.data[0, 0] += 1.0  # another base: another digest
-    assert evaluate_generation(model, tokenizer, pairs, max_new_tokens=2)["model"]["weights_sha256_without_lora"] \
+    assert evaluate_generation(model, tokenizer, pairs, max_new_tokens=2)["scored_model"]["weights_sha256_without_lora"] \
         != before["weights_sha256_without_lora"]
+
+
+def test_evaluate_writes_the_model_it_scored(tmp_path, capsys):
+    require("sacrebleu")
+    from tinylora.cli.commands import main
+
+    data, out = tmp_path / "val.csv", tmp_path / "scores.json"
+    data.write_text("mr,ref\nname[The Eagle],The Eagle is a pub.\n")
+    assert main(["evaluate", "--data", str(data), "--max-new-tokens", "2", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["scored_model"]["parameters"] == 859_008 and len(written["scored_model"]["weights_sha256_without_lora"]) == 64

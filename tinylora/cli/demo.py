@@ -24,6 +24,7 @@ fine-tuning, and where it does not.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -82,13 +83,15 @@ def _task_data(task: str, tokenizer, block_size: int):
 
 
 def _sample_prompt(task: str, val_set, tokenizer) -> str:
-    """The far task: the first validation MR; the near task: the first line-starting NEAR_PROMPT_BYTES of
-    held-out code."""
+    """The far task: the first validation MR; the near task: the first `def` line of the held-out code
+    (at most NEAR_PROMPT_BYTES), so the continuation shows whether the model writes the function's body."""
     if task == "far":
         return val_set.pairs[0]["prompt"]
-    text = tokenizer.decode([int(t) for t in val_set.tokens[:4096] if t != tokenizer.eot_id])
-    start = text.find("\n") + 1  # begin at a line start
-    return text[start: start + NEAR_PROMPT_BYTES]
+    text = tokenizer.decode([int(t) for t in val_set.tokens[:20000] if t != tokenizer.eot_id])
+    found = re.search(r"\n *def ", text)
+    start = found.start() + 1 if found else 0
+    end = text.find("\n", start) + 1 or len(text)
+    return text[start: min(end, start + NEAR_PROMPT_BYTES)]
 
 
 def _mib(n_bytes: float) -> str:

@@ -147,11 +147,12 @@ def model_record(model) -> dict:
 
 def evaluate_generation(model, tokenizer, pairs, max_prompts: int | None = None, max_new_tokens: int = 128) -> dict:
     """Greedy completions of the (first `max_prompts`) prompts of `pairs`, scored; returns the scores, the
-    model scored (model_record), the decoding settings and every completion with its references."""
+    model scored ("scored_model": model_record), the decoding settings and every completion with its references."""
     require_sacrebleu()  # before generating, not after
     refs = references_by_prompt(pairs)[:max_prompts]
     hyps = [complete(model, tokenizer, prompt, max_new_tokens) for prompt, _ in refs]
     result = score(hyps, [r for _, r in refs])
-    result.update({"model": model_record(model), "prompts": len(refs), "decoding": "greedy", "max_new_tokens": max_new_tokens,
+    result.update({"scored_model": model_record(model), "prompts": len(refs), "decoding": "greedy",
+                   "max_new_tokens": max_new_tokens,
                    "examples": [{"prompt": p, "completion": h, "references": r} for (p, r), h in zip(refs, hyps)]})
     return result
