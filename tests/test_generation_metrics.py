@@ -138,7 +138,7 @@ def test_evaluation_records_the_model_it_scored():
 
 def test_evaluate_writes_the_model_it_scored(tmp_path, capsys):
     require("sacrebleu")
-    from tinylora.cli.commands import main
+    from tinylora.cli import main
 
     data, out = tmp_path / "val.csv", tmp_path / "scores.json"
     data.write_text("mr,ref\nname[The Eagle],The Eagle is a pub.\n")
