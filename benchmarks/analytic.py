@@ -53,7 +53,7 @@ not counted, so this is a lower bound every engine pays at least):
 The headline metric measures memory above the loaded model, so weights are reported but not added.
 Run `python -m benchmarks.analytic --config gpt2 --rank 8` to print the model for one shape.
 
-Training-efficiency variants (issue 12; `memory_model(shape, method, rank, checkpoint=..., chunk=...)`):
+Training-efficiency variants (`memory_model(shape, method, rank, checkpoint=..., chunk=...)`):
 
 - "lora-fa" (A frozen): no block keeps ln_1's output h1 (it fed only dA_q, dA_v); the trainable, gradient
   and AdamW counts are B's alone, L·2·C·r.

@@ -12,7 +12,7 @@ at comparable trainable budgets (LoRA r = 4: 8,192 parameters), for each of seve
     merged ms          median forward time of one validation batch after merging (and unmerged, for contrast)
 
 Writes benchmarks/results/lora_family.json and lora_family.png (validation-loss curves, mean over seeds).
-LoRA-FA and QLoRA rows come from issue 12's code once it lands (see ROWS_FROM_ELSEWHERE).
+LoRA-FA and QLoRA change memory, not the method's function: README's training-efficiency section measures them.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ SETTINGS = {  # method -> (settings for apply_method, learning rate)
     "adalora": ({"init_r": 6, "target_r": 4}, LR),  # tinit, tfinal, ΔT: steps/8, steps/4, steps/8 (run_one)
     "glora": ({"r": 2, "config": {"A": "lora", "B": "lora", "C": "lora", "D": "scalar", "E": "scalar"}}, LR),
 }
-ROWS_FROM_ELSEWHERE = ("lora_fa", "qlora")  # issue 12
-
 
 def run_one(method: str, seed: int, steps: int, batch: int, eval_every: int) -> dict:
     import time
@@ -119,8 +117,6 @@ def markdown(table: dict, target: float) -> str:
         lines.append(f"| {method} | {row['trainable']:,} | {row['lr']:g} | {row['val_loss_mean']:.3f} ± "
                      f"{row['val_loss_spread']:.3f} | {reach} | {row['step_ms']:.0f} | {row['peak_mib']:.1f} | "
                      f"{row['merged_ms']:.0f} / {row['unmerged_ms']:.0f} |")
-    for method in ROWS_FROM_ELSEWHERE:
-        lines.append(f"| {method} | (issue 12) | | | | | | |")
     return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ def test_trainable_counts_equal_the_formulas(config, r_fraction, lp, li, n_top):
 @pytest.mark.slow  # builds GPT-2 small (124M parameters): ~5-20 s here
 def test_bitfit_on_gpt2_small_trains_102144():
     model = apply_bitfit(GPT(GPTConfig.gpt2()))
-    assert parameter_report(model)["trainable"] == 102_144  # SPECS §1.4: 12 · 8,448 + 768 (ln_f included)
+    assert parameter_report(model)["trainable"] == 102_144  # the paper's |Θ| for BitFit: 12 · 8,448 + 768 (ln_f included)
 
 
 def test_the_papers_counts_as_arithmetic():

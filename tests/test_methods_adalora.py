@@ -25,7 +25,7 @@ CONFIG = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 def test_schedule_values_at_known_steps():
-    """SPECS §5's worked example (PEFT semantics): 4 matrices, init_r 12 -> target_r 8, tinit 10, tfinal 20, T 100."""
+    """A worked example of PEFT's schedule: 4 matrices, init_r 12 -> target_r 8, tinit 10, tfinal 20, T 100."""
     def b(t):
         return budget_schedule(t, 48, 32, total_step=100, tinit=10, tfinal=20)[0]
 

@@ -560,7 +560,7 @@ def test_counts_from_the_config_equal_the_built_model(config):
     assert tinylora.lora.apply.lora_parameter_count(config, 2, ("q", "fc", "proj"), [0]) == expected
 
 
-# ------------------------------------------------------------------ API surprises (issue 9, item 9)
+# ------------------------------------------------------------------ API surprises
 def test_from_pretrained_returns_eval_mode_and_keeps_hf_dropout_rates(folders):
     edit_json(folders / "hf/config.json", lambda c: {**c, "embd_pdrop": 0.2, "attn_pdrop": 0.3, "resid_pdrop": 0.1})
     model = GPT.from_pretrained(folders / "hf")
@@ -639,7 +639,7 @@ def test_import_then_export_keeps_one_a_of_rank_r(tmp_path):
     assert (drifted["r"], drifted["rank_pattern"]) == (6, {"h.1.attn.c_attn": 2})  # block 0: 3R, block 1: still R
 
 
-# ------------------------------------------------------------------ one loader, LoRA knowledge in lora/ (issue 10)
+# ------------------------------------------------------------------ one loader, LoRA knowledge in lora/
 def _module_level_imports(path) -> set:
     import ast
 

@@ -8,7 +8,7 @@
     |Θ| = L · (3d + d + 4d + d + 2d) + d = L · 11d + d
           q,k,v  o   fc   proj ln_1,ln_2    ln_f
 
-GPT-2 small (L = 12, d = 768): 12 · 8,448 + 768 = 102,144 (SPECS §1.4; a test checks it on the built model).
+GPT-2 small (L = 12, d = 768): 12 · 8,448 + 768 = 102,144 (a test checks it on the built model).
 Nothing is added, so inference costs what the base costs; the trained biases replace the base's.
 The paper's GPT-3 learning rate for BitFit is 1.6e-3 (Table 12), far above FT's 5e-6.
 """
