@@ -168,3 +168,23 @@ def test_the_backward_reading_path_has_the_lines_the_readme_states():
     called = path + sum(_definition_lines(ROOT / p, names) for p, names in BACKWARD_CALLS.items())
     assert tuple(int(n) for n in stated.groups()) == (path, len(BACKWARD_PATH), called,
                                                       len(BACKWARD_PATH) + len(BACKWARD_CALLS))
+
+
+# what a reader of the repository cannot follow: a tracker's issue number, or a document it does not hold
+# (built from parts so that this file does not name them itself)
+UNFOLLOWABLE = re.compile(r"\b[Ii]ssue " + r"\d+|\(" + r"issue\b|\bSP" + r"ECS\b|DEVELOP" + r"ERS\.md|\bST" + r"YLE\.md")
+
+
+def test_the_repository_names_no_tracker_issue_and_no_document_it_does_not_contain():
+    """Code, tests, docs, notebooks and benchmarks speak of what is in the repository (another project's
+    public issue, such as `peft #1234`, is a citation and may stay)."""
+    suffixes = {".py", ".md", ".ipynb", ".toml", ".sh", ".txt", ".cfg"}
+    scanned = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in suffixes
+               and not {".git", "results", "runs", ".pytest_cache", "build"} & set(p.relative_to(ROOT).parts)
+               and not any(part.endswith(".egg-info") for part in p.relative_to(ROOT).parts)]
+    scanned.append(ROOT / ".ci" / "run")
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()[:100]}" for p in scanned
+             for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if UNFOLLOWABLE.search(line)]
+    assert len(scanned) > 100, "the scan found too few files to mean anything"
+    assert not found, "names a reader of the repository cannot follow:\n" + "\n".join(found)
