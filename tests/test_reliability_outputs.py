@@ -53,6 +53,34 @@ def test_evaluate_out_equal_to_data_is_refused_and_the_data_kept(capsys, base, h
     assert code == 2 and "--data" in one_error_line(err) and held_out.read_bytes() == before
 
 
+@pytest.mark.parametrize("where", ["the data file", "the data folder", "inside the base", "the base"])
+def test_finetune_out_over_its_data_or_its_base_is_refused_and_nothing_written(capsys, tmp_path, base, where):  # noqa: F811
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "notes.txt").write_text(some_text(seed=3), encoding="utf-8")
+    data = folder / "notes.txt" if where == "the data file" else folder
+    out = {"the data file": data, "the data folder": folder, "inside the base": os.path.join(base, "run"),
+           "the base": base}[where]
+    base_before, data_before = _folder_state(base), _folder_state(folder)
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", out, "--overwrite",
+                       "--max-steps", "1", "--no-progress")
+    flag = "--base" if "base" in where else "--data"
+    assert code == 2 and flag in one_error_line(err), err
+    assert _folder_state(base) == base_before and _folder_state(folder) == data_before
+    assert not os.path.exists(os.path.join(base, "run"))
+
+
+def test_finetune_into_a_model_folder_is_refused_without_overwrite(capsys, tmp_path, base):  # noqa: F811
+    model, tokenizer = load_model(base)
+    save_model(model, tmp_path / "merged", tokenizer)
+    (tmp_path / "notes.txt").write_text(some_text(seed=4), encoding="utf-8")
+    before = _folder_state(tmp_path / "merged")
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", tmp_path / "notes.txt",
+                       "--out", tmp_path / "merged", "--max-steps", "1", "--no-progress")
+    assert code == 2 and "already holds a model" in one_error_line(err), err
+    assert _folder_state(tmp_path / "merged") == before
+
+
 def test_evaluate_out_inside_the_adapter_is_refused(capsys, base, adapter, held_out):  # noqa: F811
     out = os.path.join(adapter, "scores.json")
     code, _, err = cli(capsys, "evaluate", "--model", base, "--adapter", adapter, "--data", held_out, "--out", out)

@@ -241,6 +241,8 @@ def run(args) -> None:
     from tinylora.train.loop import train
 
     check_method_flags(args)
+    flags.refuse_output_over_inputs(args.out, data=args.data, base=args.base)  # never the data or the base
+    flags.refuse_existing_model(args.out, args.overwrite or args.resume, base=args.base)  # a model folder
     flags.check_run_flags(args, args.out)
     row = method_row(args.method)
     settings = method_settings(args)

@@ -44,6 +44,9 @@ def run(args) -> None:
     from tinylora.train.loop import train
 
     run_dir = args.run_dir or os.path.join(args.out, "run")
+    if args.data != "stdlib":  # the model and its run never go over the text they learn from
+        flags.refuse_output_over_inputs(args.out, data=args.data)
+        flags.refuse_output_over_inputs(run_dir, data=args.data)
     flags.check_run_flags(args, run_dir)
     flags.refuse_existing_model(args.out, args.overwrite or args.resume)
     manual_seed(args.seed)
