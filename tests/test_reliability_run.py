@@ -744,3 +744,18 @@ def test_a_damaged_thread_plan_in_a_checkpoint_is_one_error_naming_the_file(monk
     state.write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"step-000001/state.json: thread plan .*'large_product_threads': a positive"):
         train(model, data, config=config, run_dir=tmp_path, resume=True)
+
+
+def test_a_bfloat16_qlora_adapter_without_ml_dtypes_is_one_line_in_every_command(capsys, monkeypatch, tmp_path, base):  # noqa: F811
+    """QLoRA's default compute dtype needs ml_dtypes: without it, generate (like finetune) says what to install."""
+    import sys as _sys
+
+    (tmp_path / "notes.txt").write_text(some_text(seed=5), encoding="utf-8")
+    code, _, err = cli(capsys, "finetune", "--base", base, "--data", tmp_path / "notes.txt", "--quantize", "nf4",
+                       "--out", tmp_path / "run", *FAST)
+    if code != 0:
+        pytest.skip(f"QLoRA with bfloat16 needs ml_dtypes to train at all here: {err.strip()}")
+    monkeypatch.setitem(_sys.modules, "ml_dtypes", None)  # as if it were not installed
+    code, _, err = cli(capsys, "generate", "--adapter", tmp_path / "run" / "adapter", "--prompt", "a",
+                       "--max-new-tokens", "2")
+    assert code == 2 and "ml-dtypes" in one_error_line(err) and "Traceback" not in err, err

@@ -1,4 +1,5 @@
-"""The error tinylora raises for a user's mistake that Python would otherwise call a KeyError.
+"""The errors tinylora raises for a user's mistake that Python would otherwise call a KeyError or an
+ImportError.
 
 The `tinylora` command reports a user's mistake in one line and keeps the traceback of a bug. A bare
 KeyError or TypeError is a bug there (a lookup or a call gone wrong inside tinylora). MissingNameError
@@ -15,3 +16,8 @@ class MissingNameError(KeyError, ValueError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""  # the message, without KeyError's quotes
 
+
+class MissingExtraError(ImportError, RuntimeError):
+    """An optional package a feature needs is not installed (ml_dtypes for bfloat16, sacrebleu for BLEU).
+    An ImportError for code that checks for one; a RuntimeError, so that the `tinylora` command reports it
+    as one line saying what to install (a bare ImportError there is a bug in tinylora's own imports)."""

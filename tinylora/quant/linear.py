@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from tinylora import nn
 from tinylora.engine.autograd import Function
+from tinylora.errors import MissingExtraError
 from tinylora.quant.nf4 import BLOCK_SIZE, DQ_BLOCK_SIZE, NF4Tensor
 
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
@@ -29,8 +30,9 @@ def resolve_compute_dtype(name: str):
         try:
             import ml_dtypes
         except ImportError:
-            raise ImportError("compute_dtype='bfloat16' needs the ml_dtypes package (pip install ml-dtypes); "
-                              "or pass compute_dtype='float32'") from None
+            raise MissingExtraError("compute_dtype='bfloat16' needs the ml_dtypes package (pip install ml-dtypes, "
+                                    "or pip install 'tinylora[qlora]'); "
+                                    "or pass compute_dtype='float32'") from None
         return ml_dtypes.bfloat16
     from tinylora.engine.backend import host
 
