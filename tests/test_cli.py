@@ -225,10 +225,10 @@ def test_finetune_switches_off_the_base_models_dropout(capsys, tmp_path, base):
     tuned = {}
     for name, folder in (("plain", base), ("noisy", tmp_path / "noisy")):
         code, _, err = cli(capsys, "finetune", "--base", folder, "--data", data, "--method", "full",
-                           "--out", tmp_path / name, *FAST)
+                           "--out", tmp_path / f"{name}-run", *FAST)
         assert code == 0, err
-        tuned[name] = load_tensors(tmp_path / name / "model" / "model.safetensors")
-    assert read_json(tmp_path / "noisy" / "model" / "config.json")["gpt"]["dropout"] == 0.0
+        tuned[name] = load_tensors(tmp_path / f"{name}-run" / "model" / "model.safetensors")
+    assert read_json(tmp_path / "noisy-run" / "model" / "config.json")["gpt"]["dropout"] == 0.0
     for name, array in tuned["plain"].items():
         assert np.array_equal(tuned["noisy"][name], array), f"{name} differs: dropout was on"
 

@@ -284,5 +284,7 @@ def run(args) -> None:
         if args.quantize:
             written += (" (trained against the NF4 base, which it records: generate and evaluate rebuild it, "
                         "merge dequantizes)")
-    print(f"{flags.losses(result)}; median step {result.median_step_time:.3f} s; "
-          f"wrote {written}, {os.path.join(args.out, 'loss.png')}")
+    plot = os.path.join(args.out, "loss.png")
+    wrote = f"{written}, {plot}" if os.path.exists(plot) else written  # no plot without matplotlib
+    step = f"median step {result.median_step_time:.3f} s" if result.step_times else "no step left to run"
+    print(f"{flags.losses(result)}; {step}; wrote {wrote}")
