@@ -200,7 +200,24 @@ def test_cli_merge_of_a_dora_file_with_a_zeroed_embedding_is_refused(capsys, tmp
     assert code == 2 and err.count("\n") == 1 and "wte.weight" in err, err
     assert not (tmp_path / "merged").exists()
     code, out, err = cli(capsys, "info", "--adapter", tmp_path / "run" / "adapter")
-    assert code == 0 and "dora" in out, err
+    assert "dora" in out, out  # described, then refused as every other command refuses it
+    assert code == 2 and err.count("\n") == 1 and "wte.weight" in err, err
+
+
+def test_info_refuses_an_adapter_with_a_nan_as_generate_does(capsys, tmp_path, base):  # noqa: F811
+    data = tmp_path / "notes.txt"
+    data.write_text(some_text(6))
+    code, out, err = cli(capsys, "finetune", "--base", base, "--data", data, "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    adapter = tmp_path / "run" / "adapter"
+    code, out, err = cli(capsys, "info", "--adapter", adapter)
+    assert code == 0 and "LoRA" in out, err
+    name = next(n for n in load_tensors(adapter / "adapter.safetensors") if "lora_B" in n)
+    tamper(adapter, lambda t: t[name].__setitem__((0, 0), np.nan))
+    for command in ("info", "generate"):
+        code, out, err = cli(capsys, command, "--adapter", adapter, *(["--max-new-tokens", "2"] if command ==
+                                                                      "generate" else []))
+        assert code == 2 and err.count("\n") == 1 and name in err, (command, err)
 
 
 def test_cli_qlora_adapter_generates_evaluates_on_the_rebuilt_base_and_merges_to_float(capsys, tmp_path, base):  # noqa: F811

@@ -57,7 +57,12 @@ def run(args) -> None:
     from tinylora.model.load import SHIPPED, load_model
 
     if args.adapter:
+        from tinylora.cli.loading import load_with_adapter
+
         print(describe_adapter(args.adapter))
+        # then the checks every command makes before using it (base, declared tensors, finite values):
+        # an adapter that generate would refuse is refused here too, in one line
+        load_with_adapter(args.model if args.model != "base-mini" else None, args.adapter)
         return
     if args.model in SHIPPED or os.path.isdir(args.model):
         model, _ = load_model(args.model)
