@@ -326,3 +326,16 @@ def test_without_hard_links_a_model_beside_a_run_is_written_file_by_file(monkeyp
     save_model(model, folder, tokenizer, extra={"new": True})
     assert read_json(folder / "config.json")["new"] is True and (folder / "run" / "metrics.jsonl").read_text() == "{}\n"
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_serve_takes_force_for_an_adapter_of_another_base_as_its_message_says(capsys, tmp_path, base, adapter, requests):  # noqa: F811
+    model, tokenizer = load_model(base)
+    model.wte.weight.data[0, 0] += 1.0  # the same shapes, other weights
+    save_model(model, tmp_path / "other", tokenizer)
+    code, _, err = cli(capsys, "serve", "--model", tmp_path / "other", "--adapter", f"a={adapter}",
+                       "--requests", requests, "--out", tmp_path / "c.jsonl", "--max-new-tokens", "2")
+    assert code == 2 and "--force" in one_error_line(err), err
+    code, _, err = cli(capsys, "serve", "--model", tmp_path / "other", "--adapter", f"a={adapter}", "--force",
+                       "--requests", requests, "--out", tmp_path / "c.jsonl", "--max-new-tokens", "2")
+    assert code == 0, err
+    assert len((tmp_path / "c.jsonl").read_text(encoding="utf-8").splitlines()) == 2

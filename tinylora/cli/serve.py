@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="an adapter folder (save_adapter / finetune) served as NAME; repeat for more")
+    p.add_argument("--force", action="store_true",
+                   help="serve adapters even on a base whose weights differ from the one they were trained on")
     p.add_argument("--requests", required=True, help="JSONL file of {\"adapter\", \"prompt\"}")
     p.add_argument("--out", required=True, help="JSONL file of completions to write")
     p.add_argument("--max-new-tokens", type=flags.POSITIVE_INT, default=64, help="tokens generated per request")
@@ -133,7 +135,7 @@ def run(args) -> None:
     if quantization is not None:  # QLoRA adapters: the base quantized as they were trained on it
         quantize_model(model, **{**quantization, "targets": tuple(quantization["targets"])})
     for name, path in adapters.items():
-        load_named_adapter(model, path, name)  # checks each: base hash, shapes, finite values
+        load_named_adapter(model, path, name, force=args.force)  # checks each: base hash, shapes, finite values
     known = list_adapters(model) if adapters else []
     unknown = sorted({r["adapter"] for r in requests} - set(known) - {BASE})
     if unknown:

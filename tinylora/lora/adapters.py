@@ -161,7 +161,7 @@ def add_adapter(model, name: str, r: int = 8, alpha: float | None = None, target
     return model
 
 
-def load_named_adapter(model, path, name: str):
+def load_named_adapter(model, path, name: str, force: bool = False):
     """Load an adapter saved by `save_adapter` as adapter `name`, next to those the model holds. Returns `model`.
 
     The base is not reloaded: only A and B are read. The file's base config must be the
@@ -169,7 +169,8 @@ def load_named_adapter(model, path, name: str):
     others (its biases would change W0's layer for every adapter), so it is refused: load
     it alone with `load_adapter`. Its modules may differ from those the model's adapters
     sit on: the LoRA layers then cover both, and each adapter is zero (B = 0, exactly no
-    update) on the modules it does not adapt. Checked before the model changes.
+    update) on the modules it does not adapt. Checked before the model changes. `force` skips the check
+    that the base's weights are the ones it was trained on (as load_adapter's does).
     """
     _check_new_name(model, name)
     path = os.fspath(path)
@@ -187,14 +188,15 @@ def load_named_adapter(model, path, name: str):
         raise ValueError(f"{tensor_path} holds trained biases ({biases[0]}, ...): they change the shared base, so this "
                          "adapter cannot sit beside others; load it alone with load_adapter")
     if not any(True for _ in lora_layers(model)):
-        load_adapter(model, path)
+        load_adapter(model, path, force=force)
         for layer in _layers(model, "load_named_adapter"):
             layer.adapter_name = name
         return model
     existing = dict(zip([n for n, _ in lora_layers(model)], _layers(model, "load_named_adapter")))
     _check_lora_shapes(model, modules, tensor_shapes(tensor_path), tensor_path)
     _check_quantization(model, config, config_path)
-    _check_identity(model, config, (), config_path)
+    if not force:
+        _check_identity(model, config, (), config_path)
     own = dict(model.named_modules())
     states = {}  # module -> the new adapter's state there
     for module, s in modules.items():
