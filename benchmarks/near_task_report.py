@@ -3,8 +3,9 @@
     python -m benchmarks.near_task report      (reads benchmarks/results/near_task/*.json)
 
 writes REPORT.md, summary.json and gap_vs_size.png beside the run files. For each base and method the
-loss is the mean over the seeds run (the number of seeds is in the table); the gap is
-(LoRA - full) / full and LoRA's share of the gain is (base - LoRA) / (base - full).
+loss is the mean over the seeds run (listed in the table). The gap is (LoRA - full) / full and LoRA's share
+of the gain is (base - LoRA) / (base - full), against full fine-tuning's runs of the same seeds (the
+validation batches are drawn with the run's seed, so the base's loss also differs a little between seeds).
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ def summarize(runs: list[dict]) -> list[dict]:
         mean = sum(r["val_loss_after"] for r in group) / len(group)
         row = {"base": base, "base_parameters": group[0]["base_parameters"], "method": method,
                "trainable": group[0]["trainable"], "lr": lr, "steps": steps, "batch": batch,
-               "seeds": sorted(r["seed"] for r in group), "val_loss_before": group[0]["val_loss_before"],
+               "seeds": sorted(r["seed"] for r in group),
+               "val_loss_before": sum(r["val_loss_before"] for r in group) / len(group),  # its sample depends on the seed
                "val_loss_after": mean, "files": sorted(r["file"] for r in group)}
-        reference = full.get((base, steps, batch))
-        if method != "full" and reference:
+        reference = [r for r in full.get((base, steps, batch), []) if r["seed"] in row["seeds"]]
+        if method != "full" and reference:  # against full FT's runs of the same seeds
             full_loss = sum(r["val_loss_after"] for r in reference) / len(reference)
+            before = sum(r["val_loss_before"] for r in reference) / len(reference)
             row["gap"] = (mean - full_loss) / full_loss
-            row["share_of_gain"] = (row["val_loss_before"] - mean) / (row["val_loss_before"] - full_loss)
+            row["share_of_gain"] = (before - mean) / (before - full_loss)
+            by_seed = {r["seed"]: r["val_loss_after"] for r in reference}
+            row["gap_by_seed"] = [(r["val_loss_after"] - by_seed[r["seed"]]) / by_seed[r["seed"]]
+                                  for r in sorted(group, key=lambda r: r["seed"])]
         rows.append(row)
     return rows
 
