@@ -180,6 +180,7 @@ CASES = {
              lambda: (lambda x, W0, b, adapters, ids: library_mixed(x, W0, b, adapters, ["sql"] * len(ids)))),
     "10.1": (lambda: phi, lambda: (lambda A1, A2, i, j: phi(A1, A2, i, j) * min(i, j))),
     "10.2": (lambda: amplification, lambda: (lambda W, dW, r: amplification(dW, W, r))),
+    "11.2": (lambda: mini_count(8, ("q", "v"), "lora"), lambda: mini_count(8, ("q", "v"), "lora") // 2),
 }
 
 
@@ -212,6 +213,18 @@ def test_adapter_bytes_and_bits_per_byte(tmp_path):
     assert status("05.2", 1.3 / math.log(2), loss=1.3) == ex.RIGHT
     assert status("05.2", 1.3, loss=1.3) == ex.WRONG  # nats, not bits
     assert status("05.2", ..., loss=1.3) == ex.NOT_ATTEMPTED
+
+
+def test_share_of_gain_and_the_farther_task_are_judged_against_the_notebooks_own_runs():
+    """11.1 and 11.3 judge against the runs the notebook made (their losses are passed in)."""
+    lora, full = {"before": 2.0, "after": 1.5}, {"before": 2.0, "after": 1.0}
+    assert status("11.1", 0.5, lora=lora, full=full) == ex.RIGHT
+    assert status("11.1", 1.5 / 1.0, lora=lora, full=full) == ex.WRONG  # the loss ratio, not the share
+    assert status("11.1", ..., lora=lora, full=full) == ex.NOT_ATTEMPTED
+    ratios = {"near": 1.05, "far": 1.6}
+    assert status("11.3", "far", ratios=ratios) == ex.RIGHT
+    assert status("11.3", "near", ratios=ratios) == ex.WRONG
+    assert status("11.3", "both", ratios=ratios) == ex.WRONG
 
 
 def test_a_crash_in_the_students_code_is_wrong_and_named():
@@ -258,7 +271,7 @@ def test_every_exercise_is_in_a_notebook_and_every_tutorial_ends_with_two():
         last_two = [name for cell in cells[-4:] for name in ex.EXERCISES if f'check("{name}"' in cell]
         assert len(set(last_two)) >= 2, f"{notebook.name} should end with at least two checked exercises"
         used.update(names)
-    assert used == set(CASES) | {"05.1", "05.2"} == set(ex.EXERCISES)
+    assert used == set(CASES) | {"05.1", "05.2", "11.1", "11.3"} == set(ex.EXERCISES)
 
 
 def test_notebooks_are_committed_without_outputs():

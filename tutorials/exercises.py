@@ -437,3 +437,31 @@ def _judge_10_2(my_amplification):
         _number(_call(my_amplification, W.copy(), dW.copy(), r), amplification_factor(dW, W, r),
                 f"wrong factor at r={r}: ‖ΔW‖_F over ‖Uᵀ W Vᵀ‖_F with U, V from ΔW's top-r singular vectors",
                 rel=1e-6)
+
+
+# ------------------------------------------------------------------ 11 where LoRA matches full fine-tuning
+
+
+@exercise("11.1", "a float: LoRA's share of full fine-tuning's gain on the near task, such as 0.5")
+def _judge_11_1(answer, lora: dict, full: dict):
+    share = (lora["before"] - lora["after"]) / (full["before"] - full["after"])
+    _number(answer, share, "both runs start from the same base loss: divide LoRA's drop by full fine-tuning's",
+            rel=1e-2)
+
+
+@exercise("11.2", "an int: parameters LoRA r = 8 on W_q and W_v trains on base-mini")
+def _judge_11_2(answer):
+    import tinylora
+    from tinylora.lora import apply_lora, parameter_report
+
+    model = apply_lora(tinylora.GPT(tinylora.GPTConfig.mini()), r=8, targets=("q", "v"))
+    _number(answer, parameter_report(model)["lora"],
+            "each adapted matrix gets A (r x k) and B (d x r): two matrices per block, in every block")
+
+
+@exercise("11.3", "'near' or 'far'")
+def _judge_11_3(answer, ratios: dict):
+    if answer not in ratios:
+        raise Wrong(f"answer one of {', '.join(repr(t) for t in ratios)}")
+    if answer != max(ratios, key=ratios.get):
+        raise Wrong("compare LoRA's loss divided by full fine-tuning's on the two tasks")
