@@ -192,6 +192,14 @@ def run_task(task: str, out_dir: str, steps: int, device=None) -> dict:
     return rows
 
 
+def _share(lora: dict, full: dict) -> str:
+    """(base - LoRA) / (base - full) as a percentage; no share when full fine-tuning gained nothing."""
+    gain = full["val_before"] - full["val_after"]
+    if gain <= 0:
+        return "n/a (full fine-tuning did not improve)"
+    return f"{(lora['val_before'] - lora['val_after']) / gain:.0%}"
+
+
 def print_table(rows: dict) -> None:
     full, lora = rows["full"], rows["lora"]
     lines = [
@@ -205,8 +213,7 @@ def print_table(rows: dict) -> None:
         ("validation loss before", f"{full['val_before']:.3f}", f"{lora['val_before']:.3f}"),
         ("validation loss after", f"{full['val_after']:.3f}", f"{lora['val_after']:.3f}"),
         ("LoRA's loss / full's", "", f"{lora['val_after'] / full['val_after']:.2f}"),
-        ("LoRA's share of full's gain", "",
-         f"{(lora['val_before'] - lora['val_after']) / (full['val_before'] - full['val_after']):.0%}"),
+        ("LoRA's share of full's gain", "", _share(lora, full)),
         ("merged vs unmerged max |diff|", "n/a", f"{lora['merge_diff']:.1e}"),
         ("file to store", f"{_size(full['stored_bytes'])} (model)", f"{_size(lora['stored_bytes'])} (adapter)"),
     ]
@@ -216,7 +223,7 @@ def print_table(rows: dict) -> None:
         print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         if i == 0:
             print("-+-".join("-" * w for w in widths))
-    print("* bytes of live tensor data (weights, gradients, optimizer state, activations), tinylora.backend.memory")
+    print("* bytes of live tensor data (weights, gradients, optimizer state, activations), tinylora.engine.backend.memory")
 
 
 def add_parser(sub) -> None:

@@ -10,8 +10,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="BLEU and ROUGE-L of greedy completions of held-out prompts",
                        description="Greedy generation for every prompt of a file of prompts with references "
                                    "(E2E CSV mr,ref or JSONL prompt,completion; repeated prompts pool their "
-                                   "references), scored with sacrebleu (BLEU) and rouge-score (ROUGE-L). "
-                                   "Needs: pip install 'tinylora[metrics]'.")
+                                   "references), scored as the E2E challenge scores them: BLEU lowercased "
+                                   "(sacrebleu), ROUGE-L F(beta=1.2) of the best precision and the best recall "
+                                   "(tinylora). Needs: pip install sacrebleu (or 'tinylora[metrics]').")
     p.add_argument("--model", default=None,
                    help="model folder or 'base-mini' (default: the base a LoRA adapter records, else base-mini)")
     p.add_argument("--adapter", default=None, help="adapter folder of any method (optional)")
