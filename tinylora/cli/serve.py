@@ -112,7 +112,7 @@ def servable(adapters: dict):
         method = method_of(path)
         reason = method_row(method).serve
         if reason is not None:
-            raise ValueError(f"--adapter {name}={path} is a {method} adapter, which serve cannot batch: {reason}")
+            raise ValueError(f"--adapter {name}={path} is a {method!r} adapter, which serve cannot batch: {reason}")
         quantizations[name] = read_adapter_config(path).get("quantization")
     if len({json.dumps(q, sort_keys=True) for q in quantizations.values()}) > 1:
         raise ValueError(f"--adapter: the adapters were trained on differently quantized bases {quantizations}; "

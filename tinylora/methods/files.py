@@ -134,7 +134,7 @@ def load_method_adapter(model, path, force: bool = False):
         raise TypeError(f"load_method_adapter: expected a GPT, got {type(model).__name__}")
     other = current_method(model)
     if other is not None or any(True for _ in glora_layers(model)):
-        raise ValueError(f"{path}: the model already has {other or 'glora'}; load a {method} adapter into the "
+        raise ValueError(f"{path}: the model already has {other or 'glora'}; load the {method} adapter into the "
                          "plain base")
     saved, own = config["base_model"], dataclasses.asdict(model.config)
     differ = [f"{k}: adapter {saved.get(k)} vs model {own[k]}" for k in _SHAPE_FIELDS if saved.get(k) != own[k]]
