@@ -83,7 +83,7 @@ def tamper(path, change):
         write_json_atomic(path / "adapter_config.json", config)
 
 
-def refused(path, *words, force=False):
+def assert_refused(path, *words, force=False):
     model = fresh()
     before = snapshot(model)
     with pytest.raises((ValueError, KeyError, TypeError)) as caught:
@@ -98,7 +98,7 @@ def test_a_good_file_loads_and_a_base_weight_in_it_is_refused(method, tmp_path):
     path = saved(method, tmp_path / "a")
     load_any_adapter(fresh(), path)  # the untampered file loads
     tamper(path, lambda t: t.update({"wte.weight": np.zeros((CONFIG.vocab_size, CONFIG.n_embd), np.float32)}))
-    refused(path, "wte.weight")
+    assert_refused(path, "wte.weight")
 
 
 @pytest.mark.parametrize("method", ADAPTERS)
@@ -106,7 +106,7 @@ def test_nan_is_refused(method, tmp_path):
     path = saved(method, tmp_path / "a")
     name = sorted(load_tensors(path / "adapter.safetensors"))[0]
     tamper(path, lambda t: t[name].reshape(-1).__setitem__(0, np.nan))
-    refused(path, name, "NaN")
+    assert_refused(path, name, "NaN")
 
 
 @pytest.mark.parametrize("method", ADAPTERS)
@@ -114,7 +114,7 @@ def test_a_missing_tensor_is_named(method, tmp_path):
     path = saved(method, tmp_path / "a")
     name = sorted(load_tensors(path / "adapter.safetensors"))[-1]
     tamper(path, lambda t: t.pop(name))
-    refused(path, name)
+    assert_refused(path, name)
 
 
 @pytest.mark.parametrize("method", ADAPTERS)
@@ -122,7 +122,7 @@ def test_a_wrong_shape_is_named(method, tmp_path):
     path = saved(method, tmp_path / "a")
     name = sorted(load_tensors(path / "adapter.safetensors"))[0]
     tamper(path, lambda t: t.__setitem__(name, np.concatenate([t[name].reshape(-1), [0.0]]).astype(np.float32)))
-    refused(path, name, "shape")
+    assert_refused(path, name, "shape")
 
 
 @pytest.mark.parametrize("method", ADAPTERS)
