@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="run only contenders whose label contains this text")
     parser.add_argument("--results-dir", default=str(common.RESULTS_DIR))
     args = parser.parse_args(argv)
+    from tinylora.analysis.provenance import provenance
+
+    started = provenance(common.command_line(MODULE, argv))  # the code that ran, even if the checkout moves on
 
     rows = [r for r in contenders(args.set) if args.only is None or args.only in r[0]]
     runs = {label: [] for label, _, _ in rows}
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
                       "command": f"{env_text} python -m benchmarks.speed {' '.join(speed_args)} --threads {args.threads}".strip()})
     record = {"benchmark": "compare", "set": args.set, "repeats": args.repeats, "threads": args.threads,
               "command": common.command_line(MODULE, argv), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": common.machine_info(), "versions": common.library_versions(), "rows": table}
+              "machine": common.machine_info(), "versions": common.library_versions(), "provenance": started,
+              "rows": table}
     results = Path(args.results_dir)
     common.write_result(record, str(results / f"compare__{args.set}.json"), "")
     lines = [f"`{record['command']}` ({record['timestamp']}, {args.threads} threads, "
