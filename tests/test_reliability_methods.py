@@ -11,14 +11,13 @@ import shutil
 import numpy as np
 import pytest
 from test_cli import FAST, base, cli, some_text  # noqa: F401 (fixtures)
-from test_reliability_run import one_error_line
+from test_reliability_run import assert_ctrl_c_at_step, one_error_line
 
 import tinylora
 from tinylora import GPT, GPTConfig
 from tinylora.errors import MissingNameError
 from tinylora.io import load_tensors
 from tinylora.methods.adalora import RankAllocator, apply_adalora
-from tinylora.train import loop as tl_train
 
 
 @pytest.fixture(autouse=True)
@@ -105,16 +104,7 @@ def test_adalora_ctrl_c_then_resume_is_bitwise(capsys, monkeypatch, tmp_path, ba
     """Pruning on every step, a Ctrl-C after the step-2 checkpoint: the resumed adapter equals a straight run's."""
     args = adalora_args(base, notes, "--max-steps", "5", "--checkpoint-every", "2", "--tfinal", "1")
     assert cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0
-    real = tl_train.batch_for_step
-
-    def ctrl_c_at_step_3(dataset, batch_size, seed, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(dataset, batch_size, seed, step)
-
-    monkeypatch.setattr(tl_train, "batch_for_step", ctrl_c_at_step_3)
-    assert cli(capsys, *args, "--out", tmp_path / "resumed")[0] == 130
-    monkeypatch.undo()
+    assert_ctrl_c_at_step(3, capsys, monkeypatch, *args, "--out", tmp_path / "resumed")
     assert (tmp_path / "resumed" / "step-000002" / "method_state.safetensors").exists()
     code, _, err = cli(capsys, *args, "--out", tmp_path / "resumed", "--resume")
     assert code == 0, err

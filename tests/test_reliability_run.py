@@ -267,21 +267,26 @@ def test_resume_with_the_same_settings_is_accepted(capsys, finished_run):
 
 
 # ------------------------------------------------------------------ faults: interrupted, killed, disk full
+def assert_ctrl_c_at_step(step: int, capsys, monkeypatch, *argv) -> None:
+    """Run `tinylora ARGV...` with a Ctrl-C as batch `step` is drawn: the command must stop with exit 130."""
+    real = tl_train.batch_for_step
+
+    def ctrl_c(dataset, batch_size, seed, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(dataset, batch_size, seed, at)
+
+    monkeypatch.setattr(tl_train, "batch_for_step", ctrl_c)
+    assert cli(capsys, *argv)[0] == 130
+    monkeypatch.undo()
+
+
 def test_ctrl_c_then_resume_is_exact(capsys, monkeypatch, tmp_path, text_file, base):
     """The in-process interrupt of tests/test_cli.py, here with the run record: resume is accepted and exact."""
     args = ["finetune", "--base", base, "--data", text_file, "--max-steps", "4", "--checkpoint-every", "2",
             "--batch-size", "4", "--eval-batches", "1", "--no-progress"]
     assert cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0
-    real = tl_train.batch_for_step
-
-    def ctrl_c_at_step_3(dataset, batch_size, seed, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(dataset, batch_size, seed, step)
-
-    monkeypatch.setattr(tl_train, "batch_for_step", ctrl_c_at_step_3)
-    assert cli(capsys, *args, "--out", tmp_path / "resumed")[0] == 130
-    monkeypatch.undo()
+    assert_ctrl_c_at_step(3, capsys, monkeypatch, *args, "--out", tmp_path / "resumed")
     assert cli(capsys, *args, "--out", tmp_path / "resumed")[0] == 2  # without --resume: refused, nothing lost
     assert cli(capsys, *args, "--out", tmp_path / "resumed", "--resume")[0] == 0
     a = load_tensors(tmp_path / "straight" / "adapter" / "adapter.safetensors")
