@@ -17,6 +17,7 @@ from conftest import assert_close, require
 import tinylora
 from tinylora.model.gpt import GPT, GPTConfig
 from tinylora.model.hf_gpt2 import load_gpt2, save_gpt2
+from tinylora.model.load import load_gpt
 from tinylora.io import FileFormatError, load_tensors, save_tensors, write_json_atomic
 from tinylora.lora import apply_lora, lora_layers, merge_lora
 
@@ -92,7 +93,7 @@ def test_logits_match_hf_float32(hf, layout):
 
 def test_config_fields_are_mapped(hf):
     _, _, _, dirs = hf
-    tiny = GPT.from_pretrained(dirs["hub"])
+    tiny = load_gpt(dirs["hub"])
     c = tiny.config
     assert (c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size) == (2, 2, 32, 100, 64)
     assert c.dropout == 0.1 and c.layer_norm_eps == 1e-5  # GPT2Config's defaults, read from config.json

@@ -29,7 +29,7 @@ from tinylora.lora import (
 from tinylora.model import hf_gpt2
 from tinylora.model import load as load_module
 from tinylora.model.hf_gpt2 import save_gpt2, to_hf_state_dict
-from tinylora.model.load import load_model, save_model
+from tinylora.model.load import load_gpt, load_model, save_model
 from tinylora.tokenizers import ByteTokenizer
 from tinylora.train import checkpoint as ckpt
 from tinylora.train.loop import TrainConfig, make_optimizer
@@ -179,13 +179,13 @@ FILE_CASES = {
         lambda r: load_model(r / "adapter"), FileNotFoundError, ["adapter", "not a model", "load_adapter"]),
     "'gpt2' looks like a hub id": (
         lambda r, mp: mp.chdir(r),
-        lambda r: GPT.from_pretrained("gpt2"), FileNotFoundError, ["'gpt2'", "never downloads", "hub id"]),
+        lambda r: load_gpt("gpt2"), FileNotFoundError, ["'gpt2'", "never downloads", "hub id"]),
     "dtype int32 (weights would become integers)": (
         lambda r, mp: None,
         lambda r: load_model(r / "tiny", dtype="int32"), ValueError, ["dtype", "float32 or float64", "int32"]),
     "a model path that is an int": (
         lambda r, mp: None,
-        lambda r: GPT.from_pretrained(123), TypeError, ["int", "123", "folder"]),
+        lambda r: load_gpt(123), TypeError, ["int", "123", "folder"]),
     "a tokenizer that is an int": (
         lambda r, mp: None,
         lambda r: load_model(r / "tiny", tokenizer=123), TypeError, ["tokenizer", "int", "123"]),
@@ -561,9 +561,9 @@ def test_counts_from_the_config_equal_the_built_model(config):
 
 
 # ------------------------------------------------------------------ API surprises
-def test_from_pretrained_returns_eval_mode_and_keeps_hf_dropout_rates(folders):
+def test_load_gpt_returns_eval_mode_and_keeps_hf_dropout_rates(folders):
     edit_json(folders / "hf/config.json", lambda c: {**c, "embd_pdrop": 0.2, "attn_pdrop": 0.3, "resid_pdrop": 0.1})
-    model = GPT.from_pretrained(folders / "hf")
+    model = load_gpt(folders / "hf")
     assert not any(m.training for m in model.modules())
     assert (model.config.rate("embd"), model.config.rate("attn"), model.config.rate("resid")) == (0.2, 0.3, 0.1)
     assert model.drop.p == 0.2 and model.blocks[0].attn.attn_drop.p == 0.3 and model.blocks[0].mlp.drop.p == 0.1

@@ -4,11 +4,11 @@
     generate.py   greedy / temperature / top-k / top-p sampling with a KV cache
     hf_gpt2.py    Hugging Face GPT-2 <-> tinylora conversion (depends on gpt.py, never the reverse)
     load.py       load_model(path_or_name): a tinylora folder, a Hugging Face GPT-2 folder or a shipped name;
-                  the one loader (GPT.from_pretrained is its alias); checks every file before it allocates
+                  the one loader (load_gpt for the model alone); checks every file before it allocates
 """
 
 from tinylora.model.gpt import GPT, GPTConfig, KVCache
 from tinylora.model.generate import generate
-from tinylora.model.load import load_model, save_model
+from tinylora.model.load import load_gpt, load_model, save_model
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "generate", "load_model", "save_model"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "generate", "load_gpt", "load_model", "save_model"]

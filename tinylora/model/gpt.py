@@ -400,16 +400,3 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits, targets, ignore_index=-100)
         return logits, loss
-
-    @classmethod
-    def from_pretrained(cls, path, dtype=None, device=None) -> "GPT":
-        """A thin alias of `tinylora.model.load.load_model(path)` for the model alone (eval mode, no tokenizer).
-
-        `path` is a local folder (tinylora's or Hugging Face's GPT-2) or a shipped
-        name ("base-mini"); tinylora never downloads, so "gpt2" means a folder of
-        that name. The loader is imported when called: load.py and hf_gpt2.py
-        depend on this file, never the reverse.
-        """
-        from tinylora.model.load import load_gpt
-
-        return load_gpt(path, device=device, dtype=dtype)
