@@ -1,6 +1,7 @@
 """The LoRA paper's Table 3 in miniature: every method on the shipped base and the E2E-style task, one command.
 
     python -m benchmarks.table3_e2e --seeds 0,1,2      (writes JSON, MD and PNG; the MD gives the time it took)
+    python -m benchmarks.table3_e2e --base base-mini-384 --max-bytes 384    (E2E rows of every length up to 384 bytes)
 
 Every method fine-tunes the shipped byte-level base ("base-mini": L = 4 blocks, d = 128, 859k parameters)
 on the same generated E2E-style data-to-text pairs (tinylora.data.make_e2e), with the same steps, batch,
@@ -45,7 +46,7 @@ import time
 from . import common
 
 MODULE = "benchmarks.table3_e2e"
-MAX_BYTES = 160  # keep examples short: faster steps, and room for 24 virtual tokens in the 256-byte context
+MAX_BYTES = 160  # base-mini's default: short examples, faster steps, room for 24 virtual tokens in 256 bytes
 
 # method -> (settings passed to the CLI's apply_method, learning rate)
 METHODS = {
@@ -60,12 +61,13 @@ METHODS = {
 }
 
 
-def e2e_data(n_train: int, n_test: int):
-    """Training pairs (one reference per MR) and held-out test rows (3 references per MR, MRs not in training)."""
+def e2e_data(n_train: int, n_test: int, max_bytes: int = MAX_BYTES):
+    """Training pairs (one reference per MR) and held-out test rows (3 references per MR, MRs not in training),
+    each "MR || reference" at most `max_bytes` bytes."""
     from tinylora.data import e2e_pair, make_e2e
 
     def short(row):
-        return len(f"{row['mr']} || {row['ref']}".encode()) <= MAX_BYTES
+        return len(f"{row['mr']} || {row['ref']}".encode()) <= max_bytes
 
     train_rows = [r for r in make_e2e(6 * n_train, seed=0) if short(r)][:n_train]
     seen = {r["mr"] for r in train_rows}
@@ -111,7 +113,7 @@ def run_method(name: str, train_pairs, test_pairs, args, out_dir: str) -> dict:
 
     settings, lr = METHODS[name]
     manual_seed(args.seed)
-    model, tokenizer = load_model("base-mini")
+    model, tokenizer = load_model(args.base)
     no_dropout(model)
     flags = {"method": name, "rank": 4, "alpha": None, "targets": ("q", "v"), "layers": None, "lora_dropout": 0.0,
              "prefix_len": 0, "infix_len": 0, "adapter_dim": 1, **settings}
@@ -140,7 +142,7 @@ def run_method(name: str, train_pairs, test_pairs, args, out_dir: str) -> dict:
     typical = prompt_ids(model, tokenizer.encode(test_pairs[0]["prompt"]))
     if name == "lora":
         merge_lora(model)  # deployed LoRA is merged: W = W0 + (α/r) B A, the base model's cost
-    quality = evaluate_generation(model, tokenizer, test_pairs, max_new_tokens=MAX_BYTES)
+    quality = evaluate_generation(model, tokenizer, test_pairs, max_new_tokens=args.max_bytes)
     return {
         "settings": settings, "lr": lr, "trainable": report["trainable"], "total": report["total"],
         "peak_train_mib": result.peak_bytes / 2**20, "step_cpu_s": train_cpu / args.steps,
@@ -212,7 +214,7 @@ def table(per_seed: dict, baselines: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(per_seed: dict, baselines: dict, path) -> bool:
+def plot(per_seed: dict, baselines: dict, path, base: str = "base-mini") -> bool:
     """Four panels: |Θ| (log), validation loss, BLEU (mean ± sd, baselines as lines), batch-1 latency."""
     try:
         import matplotlib
@@ -239,7 +241,7 @@ def plot(per_seed: dict, baselines: dict, path) -> bool:
     axes[3].set_title("batch-1 latency, CPU ms")
     for ax in axes:
         ax.tick_params(axis="x", rotation=60)
-    fig.suptitle("E2E-style task on base-mini: the LoRA paper's baselines and LoRA (red)")
+    fig.suptitle(f"E2E-style task on {base}: the LoRA paper's baselines and LoRA (red)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -248,6 +250,9 @@ def plot(per_seed: dict, baselines: dict, path) -> bool:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="base-mini", help="model to fine-tune (default: the shipped base-mini)")
+    parser.add_argument("--max-bytes", type=int, default=MAX_BYTES,
+                        help=f"longest 'MR || reference' kept, in bytes (default {MAX_BYTES}, for base-mini's 256)")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--train", type=int, default=1200, help="training MRs (default 1200; 10%% are validation)")
@@ -270,7 +275,7 @@ def main(argv=None) -> dict:
     began = provenance(common.command_line(MODULE, argv))
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     started = time.perf_counter()
-    train_pairs, test_pairs = e2e_data(args.train, args.test)
+    train_pairs, test_pairs = e2e_data(args.train, args.test, args.max_bytes)
     baselines = baseline_rows(test_pairs)
     per_seed = {}
     for name in args.methods.split(","):
@@ -281,18 +286,21 @@ def main(argv=None) -> dict:
             print(f"{name} seed {seed}: |Θ| {r['trainable']:,}, val loss {r['val_loss_after']:.3f}, BLEU {r['bleu']:.1f}, "
                   f"ROUGE-L {r['rouge_l']:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    result = {"steps": args.steps, "batch": args.batch, "seeds": seeds, "train_pairs": len(train_pairs),
+    result = {"base": args.base, "max_bytes": args.max_bytes, "steps": args.steps, "batch": args.batch, "seeds": seeds,
+              "train_pairs": len(train_pairs),
               "test_prompts": len(test_pairs) // 3, "baselines": baselines,
               "rows": {name: {str(seed): run for seed, run in runs.items()} for name, runs in per_seed.items()},
               "summary": summarize(per_seed), "uptime_before": uptime_before, "uptime_after": uptime_after,
               "wall_s": time.perf_counter() - started, "table_md": table(per_seed, baselines)}
     args.seed = seeds[0]
-    record = common.make_record("table3_e2e", args, MODULE, result, started=began, shape={"config": "base-mini"})
-    path = common.write_result(record, args.out, "table3_e2e__base-mini__cpu")
+    base = os.path.basename(os.path.normpath(args.base))
+    record = common.make_record("table3_e2e", args, MODULE, result, started=began, shape={"config": base})
+    path = common.write_result(record, args.out, f"table3_e2e__{base}__cpu")
     png = path.with_suffix(".png")
-    plot(per_seed, baselines, png)
+    plot(per_seed, baselines, png, base)
     path.with_suffix(".md").write_text(
-        f"# Table 3 in miniature (base-mini, E2E-style task, CPU, {args.threads} thread)\n\n"
+        f"# Table 3 in miniature ({base}, E2E-style task, rows up to {args.max_bytes} bytes, CPU, "
+        f"{args.threads} thread)\n\n"
         f"Command: `{record['command']}` (git {record['provenance']['git']['commit']}, "
         f"{record['provenance']['machine']['cpu_model']}); {result['wall_s'] / 60:.0f} minutes in all.\n\n"
         f"{result['table_md']}\n\n"
