@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 from tinylora import nn
 from tinylora.lora.layer import LoRALinear
-from tinylora.quant.nf4 import NF4Tensor  # a weight stored in 4 bits: counted, though not a Parameter
+from tinylora.quant.nf4 import NF4Tensor
 
 TARGETS = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "fc": "mlp", "proj": "mlp"}  # name -> parent module
 _NOT_LINEAR = ("wte", "wpe", "lm_head", "head")  # names users try: embeddings, and the LM head (tied to wte)
