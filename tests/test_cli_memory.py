@@ -29,6 +29,9 @@ def test_finetune_with_memory_options_trains_end_to_end(capsys, tmp_path, base, 
         assert "trainable: 512 of" in out  # B only: 2 blocks x (q, v) x d r = 2 x 2 x 32 x 4
     if "nf4" in flags:
         assert "NF4 base" in out
+        total = sum(t.size for t in load_tensors(base + "/model.safetensors").values())  # the float base
+        assert f" of {total + 1024:,} parameters" in out  # the 4-bit weights counted, plus A, B: 2 x 2 x r(d + k)
+        assert "stored in 4 bits (NF4)" in out
 
 
 @pytest.mark.parametrize("flags,message", [

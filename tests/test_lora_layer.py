@@ -334,7 +334,7 @@ def test_parameter_report_rows_and_text():
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["wte"]["params"] == 20 * 8 and rows["wte"]["trainable"] == 0
     assert rows["blocks.0.attn.q"] == {"name": "blocks.0.attn.q", "type": "LoRALinear", "params": 2 * 8 + 8 * 2,
-                                       "trainable": 32}
+                                       "trainable": 32, "quantized": 0}
     assert rows["blocks.0.attn.q.base"]["params"] == 8 * 8 + 8
     assert report["trainable"] == report["lora"] == 3 * 32
     assert report["total"] == sum(p.size for p in model.parameters())

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import tinylora
 from tinylora import nn
-from tinylora.lora import LoRALinear, apply_lora, lora_layers
+from tinylora.lora import LoRALinear, apply_lora, lora_layers, parameter_report
 from tinylora.methods.qlora import (
     ALL_LINEAR,
     check_paged_optimizer,
@@ -278,6 +278,23 @@ def test_weight_report_counts_codes_constants_and_float_weights_exactly():
     constants = sum(math.ceil(n / 64) + 4 * math.ceil(math.ceil(n / 64) / 256) + 4 for n in sizes)
     assert report["constants"] == c.n_layer * constants
     assert report["total"] == report["codes"] + report["constants"] + report["float"]
+
+
+def test_parameter_report_counts_the_4bit_weights_in_the_total():
+    """NF4 weights are not Parameters, yet they are the model's: the total is the float model's plus A and B."""
+    model = _tiny()
+    float_total = sum(p.size for p in model.parameters())
+    apply_lora(quantize_model(model, "nf4", double_quant=True), r=4, targets=("q", "v"))
+    c = model.config
+    quantized = c.n_layer * (4 * c.n_embd * c.n_embd + 2 * 4 * c.n_embd * c.n_embd)  # q, k, v, o, fc, proj weights
+    lora = c.n_layer * 2 * 4 * (c.n_embd + c.n_embd)  # r (d + k) per adapted matrix
+    report = parameter_report(model)
+    assert (report["total"], report["trainable"], report["quantized"]) == (float_total + lora, lora, quantized)
+    assert sum(row["params"] for row in report["rows"]) == report["total"]
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["blocks.0.attn.q.base"]["quantized"] == c.n_embd * c.n_embd  # W0 of q, frozen in NF4
+    assert report["text"].splitlines()[-1].startswith(f"trainable: {lora:,} of {float_total + lora:,} parameters")
+    assert f"{quantized:,} are stored in 4 bits (NF4)" in report["text"]
 
 
 def test_merge_into_a_dequantized_copy_and_warn_when_requantized():

@@ -240,6 +240,7 @@ def run(args) -> None:
     from tinylora.train import distributed
     from tinylora.train.loop import train
 
+    flags.refuse_shipped_name(args.out)  # ./base-mini would shadow the shipped base-mini
     check_method_flags(args)
     flags.refuse_output_over_inputs(args.out, data=args.data, base=args.base)  # never the data or the base
     flags.refuse_existing_model(args.out, args.overwrite or args.resume, base=args.base)  # a model folder

@@ -155,6 +155,16 @@ def train_config(args, lr: float):
 
 
 
+def refuse_shipped_name(out) -> None:
+    """--out must not be a bare shipped name: the folder it writes would later be confused with the shipped base
+    (loading such a name is refused; tinylora.model.load.resolve). "./base-mini" names the folder and is allowed."""
+    from tinylora.model.load import SHIPPED
+
+    if out is not None and str(out) in SHIPPED:
+        raise ValueError(f"--out {out}: '{out}' is the name of a shipped base; write to another name, "
+                         f"or ./{out} to mean the folder")
+
+
 def refuse_existing_model(out, overwrite: bool, base=None) -> None:
     """A model folder is replaced only with --overwrite (and never silently when it is the base itself)."""
     from tinylora.model.load import resolve

@@ -23,6 +23,7 @@ def run(args) -> None:
     from tinylora.methods.table import method_row
     from tinylora.model.load import load_model, other_entries, save_model
 
+    flags.refuse_shipped_name(args.out)  # ./base-mini would shadow the shipped base-mini
     adapter = adapter_folder(args.adapter)
     flags.refuse_output_over_inputs(args.out, adapter=adapter)
     if args.overwrite and other_entries(args.out):  # the folder is replaced whole (one rename): nothing else goes

@@ -43,6 +43,7 @@ def run(args) -> None:
     from tinylora.tokenizers import load_tokenizer
     from tinylora.train.loop import train
 
+    flags.refuse_shipped_name(args.out)  # ./base-mini would shadow the shipped base-mini
     run_dir = args.run_dir or os.path.join(args.out, "run")
     if args.data != "stdlib":  # the model and its run never go over the text they learn from
         flags.refuse_output_over_inputs(args.out, data=args.data)

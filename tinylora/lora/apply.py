@@ -21,6 +21,7 @@ from collections import OrderedDict
 
 from tinylora import nn
 from tinylora.lora.layer import LoRALinear
+from tinylora.quant.nf4 import NF4Tensor
 
 TARGETS = {"q": "attn", "k": "attn", "v": "attn", "o": "attn", "fc": "mlp", "proj": "mlp"}  # name -> parent module
 _NOT_LINEAR = ("wte", "wpe", "lm_head", "head")  # names users try: embeddings, and the LM head (tied to wte)
@@ -292,12 +293,16 @@ def lora_disabled(model):
 def parameter_report(model) -> dict:
     """Count parameters on the built model: how many in total, how many train, and where.
 
+    A weight stored in 4 bits (an NF4Tensor, as QLoRA's NF4Linear keeps W0) is not a Parameter, so
+    `model.parameters()` does not yield it; it is counted here all the same: it is part of the model.
+
     Returns a dict:
-        total              every parameter (the tied wte counted once, LoRA's A and B included)
+        total              every parameter (the tied wte counted once, LoRA's A and B and 4-bit weights included)
         trainable          those with requires_grad
         lora               those in lora_A / lora_B
+        quantized          those stored in 4 bits (NF4), frozen
         percent_trainable  100 * trainable / total
-        rows               per module that owns parameters: {"name", "type", "params", "trainable"}
+        rows               per module that owns parameters: {"name", "type", "params", "trainable", "quantized"}
         text               the same as a printable table
     """
     rows = []
@@ -305,26 +310,32 @@ def parameter_report(model) -> dict:
     for name, module in model.named_modules():
         own = [p for p in module._parameters.values() if id(p) not in seen]
         seen.update(id(p) for p in own)
-        if own:
+        quantized = [q for q in vars(module).values() if isinstance(q, NF4Tensor) and id(q) not in seen]
+        seen.update(id(q) for q in quantized)
+        if own or quantized:
+            n_quantized = sum(q.numel for q in quantized)
             rows.append({
                 "name": name or "(root)",
                 "type": type(module).__name__,
-                "params": sum(p.size for p in own),
+                "params": sum(p.size for p in own) + n_quantized,
                 "trainable": sum(p.size for p in own if p.requires_grad),
+                "quantized": n_quantized,
             })
     total = sum(row["params"] for row in rows)
     trainable = sum(row["trainable"] for row in rows)
+    quantized = sum(row["quantized"] for row in rows)
     lora = sum(layer.lora_A.size + layer.lora_B.size for _, layer in lora_layers(model))
     percent = 100.0 * trainable / total if total else 0.0
     width = max([len(row["name"]) for row in rows] + [6])
     lines = [f"{'module':<{width}}  {'type':<12}  {'params':>13}  {'trainable':>13}"]
     lines += [f"{row['name']:<{width}}  {row['type']:<12}  {row['params']:>13,}  {row['trainable']:>13,}" for row in rows]
-    lines.append(count_line(trainable, total, lora))
-    return {"total": total, "trainable": trainable, "lora": lora, "percent_trainable": percent,
+    lines.append(count_line(trainable, total, lora, quantized))
+    return {"total": total, "trainable": trainable, "lora": lora, "quantized": quantized, "percent_trainable": percent,
             "rows": rows, "text": "\n".join(lines)}
 
 
-def count_line(trainable: int, total: int, lora: int) -> str:
-    """The one-line summary of `parameter_report` (also what `tinylora info` prints)."""
+def count_line(trainable: int, total: int, lora: int, quantized: int = 0) -> str:
+    """The one-line summary of `parameter_report` (also what `tinylora info` and `finetune` print)."""
     percent = 100.0 * trainable / total if total else 0.0
-    return f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B"
+    line = f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B"
+    return line + (f"; of the {total:,}, {quantized:,} are stored in 4 bits (NF4)" if quantized else "")

@@ -10,7 +10,8 @@ It reads three kinds of source:
     a Hugging Face GPT-2 folder   config.json ("model_type": "gpt2") + model.safetensors
                          (or shards and model.safetensors.index.json), read by hf_gpt2.py, with
                          vocab.json + merges.txt for its tokenizer
-    a shipped name       "base-mini" (see tinylora/assets/README.md)
+    a shipped name       "base-mini" (see tinylora/assets/README.md); "./base-mini" is a folder, and a bare
+                         shipped name that is also a folder here is refused (`resolve`)
 
 Every path is local: tinylora never downloads, so "gpt2" is a folder called
 gpt2, not a Hugging Face hub id. Before anything is allocated, config.json is
@@ -45,11 +46,21 @@ _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 def resolve(path) -> str:
-    """A shipped model's name ("base-mini") becomes its folder; anything else is taken as a path."""
+    """A shipped model's name ("base-mini") becomes its folder; anything else is taken as a path.
+
+    A path with a separator ("./base-mini") is always a folder. A bare shipped name that is also a folder
+    in the current directory is refused rather than silently taken as either.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"a model is a folder path (str or os.PathLike) or a shipped name "
                         f"({', '.join(SHIPPED)}); got {type(path).__name__} {path!r}")
-    return SHIPPED.get(str(path), os.fspath(path))
+    name = str(path)
+    if name not in SHIPPED:
+        return os.fspath(path)
+    if os.path.isdir(name) and os.path.realpath(name) != os.path.realpath(SHIPPED[name]):
+        raise ValueError(f"'{name}' is both the shipped base and the folder ./{name} here: write ./{name} for "
+                         f"the folder, or rename that folder to use the shipped base")
+    return SHIPPED[name]
 
 
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")  # what save_model writes
