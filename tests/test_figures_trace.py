@@ -14,7 +14,8 @@ snippet, and where the figure comes from:
 
 Inside the regions a document marks with <!-- figures:checked --> ... <!-- /figures:checked -->, every
 number outside code spans and link targets must be one of the registered figures, so a number added
-there without a source fails here. Rows of one "table" must come from files of one machine.
+there without a source fails here; README.md, benchmarks/README.md and tutorials/README.md must each have
+such a region. Rows of one "table" must come from files of one machine.
 """
 
 import ast
