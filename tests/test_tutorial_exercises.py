@@ -153,6 +153,8 @@ def amplification(W, dW, r):
     return amplification_factor(dW, W, r)
 
 
+EVERY_LINEAR = ("q", "k", "v", "o", "fc", "proj")
+
 # name -> (a right answer, a wrong answer); numbers are built lazily (some build a model)
 CASES = {
     "01.1": (neuron_by_central_difference, lambda: neuron_by_central_difference() + 0.3),
@@ -181,6 +183,7 @@ CASES = {
     "10.1": (lambda: phi, lambda: (lambda A1, A2, i, j: phi(A1, A2, i, j) * min(i, j))),
     "10.2": (lambda: amplification, lambda: (lambda W, dW, r: amplification(dW, W, r))),
     "11.2": (lambda: mini_count(8, ("q", "v"), "lora"), lambda: mini_count(8, ("q", "v"), "lora") // 2),
+    "11.4": (lambda: mini_count(8, EVERY_LINEAR, "lora"), lambda: mini_count(8, EVERY_LINEAR, "lora") // 4),
 }
 
 
@@ -225,6 +228,14 @@ def test_share_of_gain_and_the_farther_task_are_judged_against_the_notebooks_own
     assert status("11.3", "far", ratios=ratios) == ex.RIGHT
     assert status("11.3", "near", ratios=ratios) == ex.WRONG
     assert status("11.3", "both", ratios=ratios) == ex.WRONG
+
+
+def test_every_linear_count_names_the_mlps_shapes_when_all_six_are_taken_square():
+    """11.4's likely mistake: W_fc and W_proj counted as 128 x 128 like the attention's four."""
+    state, message = ex.verdict("11.4", mini_count(8, ("q", "k", "v", "o"), "lora") * 6 // 4)
+    assert state == ex.WRONG and "not square" in message
+    state, message = ex.verdict("11.4", mini_count(8, EVERY_LINEAR, "lora") + 1)
+    assert state == ex.WRONG and "not square" not in message
 
 
 def test_a_crash_in_the_students_code_is_wrong_and_named():

@@ -442,7 +442,7 @@ def _judge_10_2(my_amplification):
 # ------------------------------------------------------------------ 11 where LoRA matches full fine-tuning
 
 
-@exercise("11.1", "a float: LoRA's share of full fine-tuning's gain on the near task, such as 0.5")
+@exercise("11.1", "a float: LoRA's share of full fine-tuning's gain, such as 0.5")
 def _judge_11_1(answer, lora: dict, full: dict):
     share = (lora["before"] - lora["after"]) / (full["before"] - full["after"])
     _number(answer, share, "both runs start from the same base loss: divide LoRA's drop by full fine-tuning's",
@@ -465,3 +465,21 @@ def _judge_11_3(answer, ratios: dict):
         raise Wrong(f"answer one of {', '.join(repr(t) for t in ratios)}")
     if answer != max(ratios, key=ratios.get):
         raise Wrong("compare LoRA's loss divided by full fine-tuning's on the two tasks")
+
+
+@exercise("11.4", "an int: parameters LoRA r = 8 on every Linear of each block trains on base-mini")
+def _judge_11_4(answer):
+    import tinylora
+    from tinylora.lora import apply_lora, parameter_report
+    from tinylora.lora.apply import TARGETS
+
+    def lora_count(targets):
+        return parameter_report(apply_lora(tinylora.GPT(tinylora.GPTConfig.mini()), r=8, targets=targets))["lora"]
+
+    all_square = lora_count(("q", "k", "v", "o")) * 6 // 4  # the six counted as if each were 128 x 128
+    if isinstance(answer, (int, float, np.integer, np.floating)) and not isinstance(answer, bool) \
+            and math.isclose(float(answer), all_square):
+        raise Wrong("the MLP's two matrices are not square: W_fc is 512 x 128 and W_proj 128 x 512")
+    _number(answer, lora_count(tuple(TARGETS)),
+            "sum r(d + k) over the six adapted matrices of a block (four in attention, two in the MLP), "
+            "then multiply by the number of blocks")
