@@ -40,7 +40,7 @@ from tinylora.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
 
 FORMAT = "tinylora-gpt"
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
-SHIPPED = {"base-mini": os.path.join(ASSETS, "base-mini")}
+SHIPPED = {name: os.path.join(ASSETS, name) for name in ("base-mini", "base-mini-384")}  # tinylora/assets/README.md
 TOKENIZERS = ("byte", "bpe")  # the values of config.json's "tokenizer"
 _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
