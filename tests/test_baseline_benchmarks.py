@@ -28,15 +28,25 @@ def test_table3_test_prompts_are_held_out_with_three_references():
     assert all(test[i]["prompt"] == test[i + 1]["prompt"] == test[i + 2]["prompt"] for i in range(0, 12, 3))
 
 
+def test_table3_keeps_rows_up_to_max_bytes():
+    def longest(pairs):
+        return max(len((p["prompt"] + p["completion"]).encode()) for p in pairs)
+
+    assert longest(table3_e2e.e2e_data(n_train=200, n_test=2)[0]) <= table3_e2e.MAX_BYTES
+    assert 256 < longest(table3_e2e.e2e_data(n_train=200, n_test=2, max_bytes=384)[0]) <= 384
+
+
 @pytest.mark.slow  # trains base-mini twice and generates: ~20 s on an idle 2-core machine
 def test_table3_runs_end_to_end(tmp_path):
     out = tmp_path / "t3.json"
-    table3_e2e.main(["--steps", "2", "--batch", "2", "--train", "30", "--test", "1", "--methods", "full,adapter-h",
-                     "--seeds", "0", "--work", str(tmp_path / "runs"), "--out", str(out)])
+    table3_e2e.main(["--steps", "2", "--batch", "2", "--train", "30", "--test", "1", "--methods", "lora-all,adapter-h",
+                     "--seeds", "0", "--base", "base-mini-384", "--max-bytes", "384", "--work", str(tmp_path / "runs"),
+                     "--out", str(out)])
     result = json.loads(out.read_text())["result"]
     rows = result["rows"]
-    assert rows["adapter-h"]["0"]["trainable"] == 9_248 and rows["full"]["0"]["trainable"] == 859_008
-    assert set(result["baselines"]) == {"constant", "template"} and result["summary"]["full"]["bleu"][1] == 0.0
+    assert rows["adapter-h"]["0"]["trainable"] == 9_248 and rows["lora-all"]["0"]["trainable"] == 73_728
+    assert (result["base"], result["max_bytes"]) == ("base-mini-384", 384)
+    assert set(result["baselines"]) == {"constant", "template"} and result["summary"]["lora-all"]["bleu"][1] == 0.0
     assert out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
 
 
