@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tinylora.cli.demo import TASKS, _sample_prompt, near_datasets, run_demo
+from tinylora.cli.demo import NEAR_PROMPT_BYTES, TASKS, _sample_prompt, near_datasets, run_demo
 from tinylora.tokenizers import load_tokenizer
 
 
@@ -13,8 +13,9 @@ def test_the_near_task_is_held_out_python_source():
     tokenizer = load_tokenizer("byte")
     train_set, val_set = near_datasets(tokenizer, 64)
     assert len(val_set.tokens) < len(train_set.tokens) / 5  # 10% of the chunks held out
-    prompt = _sample_prompt("near", val_set, tokenizer)
-    assert 0 < len(prompt) <= 96 and prompt.lstrip().startswith("def ") and prompt in tokenizer.decode(val_set.tokens[:20000].tolist())
+    prompt = _sample_prompt("near", val_set, tokenizer)  # held-out code from a line start to a `return `
+    assert NEAR_PROMPT_BYTES - 100 < len(prompt) <= NEAR_PROMPT_BYTES and prompt.endswith("return ")
+    assert prompt in tokenizer.decode(val_set.tokens[:20000].tolist())
 
 
 def test_an_unknown_task_is_one_error():
@@ -32,3 +33,4 @@ def test_the_demo_compares_both_tasks_and_records_its_numbers(tmp_path, capsys):
     record = json.loads((tmp_path / "demo.json").read_text())
     assert record["provenance"]["command"] and record["steps"] == 1
     assert record["tasks"]["near"]["lora"]["val_after"] == pytest.approx(results["near"]["lora"]["val_after"])
+    assert "base-mini, not tuned" in out and record["tasks"]["near"]["full"]["base_sample"] is not None

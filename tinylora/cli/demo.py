@@ -15,13 +15,14 @@ fine-tuning, and where it does not.
    knows little of them, and a rank-8 update is not enough to teach them.
 4. Fine-tune the base on each task twice: full fine-tuning (every weight trains, AdamW
    keeps two moments for each) and LoRA with r = 8 on every Linear of each block (W_q, W_k,
-   W_v, W_o and the MLP's two; only A and B train, 8.6% of the parameters). At this size a
+   W_v, W_o and the MLP's two; only A and B train: 73,728 numbers, 8.6% of the base's). At this size a
    rank-8 update of W_q and W_v alone reaches only about half of full fine-tuning's gain on
    the near task (benchmarks/results/near_task/); on every Linear it comes within 5%.
 5. Print one table per task: trainable parameters, peak training memory, time per step,
    validation loss before and after, LoRA's loss against full fine-tuning's, how far
    merged and unmerged LoRA outputs differ, and the size of what each method has to store.
-   Then one greedy sample per model and task. Save a plot.
+   Then one greedy sample per task from the base and from each model (on the near task, the
+   rest of a held-out line that begins `return `). Save a plot.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ TASKS = {  # task -> its title
     "far": "far task: E2E-style restaurant descriptions",
 }
 MAX_EXAMPLE_BYTES = 200  # keep E2E examples that fit the base's 256-byte context with room to spare
-NEAR_PROMPT_BYTES = 96  # the near task's sample continues this many bytes of held-out code
+NEAR_PROMPT_BYTES = 160  # the near task's sample: this much held-out code, ending at a `return `
 
 
 def numpy_source() -> str:
@@ -90,15 +91,15 @@ def _task_data(task: str, tokenizer, block_size: int):
 
 
 def _sample_prompt(task: str, val_set, tokenizer) -> str:
-    """The far task: the first validation MR; the near task: the first `def` line of the held-out code
-    (at most NEAR_PROMPT_BYTES), so the continuation shows whether the model writes the function's body."""
+    """The far task: the first validation MR. The near task: held-out code up to the first `return ` that
+    has NEAR_PROMPT_BYTES before it, from a line start; the model completes that line (what is returned)."""
     if task == "far":
         return val_set.pairs[0]["prompt"]
     text = tokenizer.decode([int(t) for t in val_set.tokens[:20000] if t != tokenizer.eot_id])
-    found = re.search(r"\n *def ", text)
-    start = found.start() + 1 if found else 0
-    end = text.find("\n", start) + 1 or len(text)
-    return text[start: min(end, start + NEAR_PROMPT_BYTES)]
+    found = re.search(r"\n +return ", text[NEAR_PROMPT_BYTES:])
+    end = NEAR_PROMPT_BYTES + found.end() if found else len(text)
+    start = text.find("\n", end - NEAR_PROMPT_BYTES) + 1
+    return text[start:end]
 
 
 def _mib(n_bytes: float) -> str:
@@ -120,12 +121,13 @@ def _merge_difference(model, batch) -> float:
     return float(np.max(np.abs(unmerged - merged)))
 
 
-def _sample(model, tokenizer, prompt: str, device, stop: bool = True) -> str:
-    """120 greedy tokens after `prompt` (until the end token if `stop`)."""
+def _sample(model, tokenizer, prompt: str, device, task: str) -> str:
+    """Greedy tokens after `prompt`: on the far task up to 120, until the end token; on the near task up
+    to 60, until the end of the line."""
     ids = tensor([tokenizer.encode(prompt)], device=device)
-    out = generate(model, ids, max_new_tokens=120, temperature=0.0, eos_token=tokenizer.eot_id if stop else None)
-    text = decode_text(tokenizer, out.numpy()[0, ids.shape[1]:])
-    return text.strip() if stop else text
+    stop = tokenizer.eot_id if task == "far" else tokenizer.encode("\n")[0]
+    out = generate(model, ids, max_new_tokens=120 if task == "far" else 60, temperature=0.0, eos_token=stop)
+    return decode_text(tokenizer, out.numpy()[0, ids.shape[1]:]).strip()
 
 
 def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, tasks=("near", "far")) -> dict:
@@ -143,7 +145,8 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, 
     for task, rows in results.items():
         print(f"\n{TASKS[task]}")
         print_table(rows)
-        print(f"\nexample: {rows['lora']['sample_prompt']!r}")
+        print(f"\nexample (greedy): {rows['lora']['sample_prompt']!r}")
+        print(f"  {'base-mini, not tuned':<22} -> {rows['lora']['base_sample']!r}")
         for row in rows.values():
             print(f"  {row['title']:<22} -> {row['sample']!r}")
     if "near" in results and "far" in results:
@@ -167,6 +170,8 @@ def run_task(task: str, out_dir: str, steps: int, device=None) -> dict:
         manual_seed(0)
         model, tokenizer = load_model("base-mini", device=device)
         train_set, val_set = _task_data(task, tokenizer, model.config.block_size)
+        prompt = _sample_prompt(task, val_set, tokenizer)
+        base_sample = _sample(model, tokenizer, prompt, device, task)  # before any training: what the base writes
         if rank:
             apply_lora(model, r=rank, targets=LORA_TARGETS)
         report = parameter_report(model)
@@ -184,13 +189,12 @@ def run_task(task: str, out_dir: str, steps: int, device=None) -> dict:
             save_model(model, os.path.join(run_dir, "model"), tokenizer)
             stored = os.path.getsize(os.path.join(run_dir, "model", "model.safetensors"))
             merge_diff = None
-        prompt = _sample_prompt(task, val_set, tokenizer)
         rows[method] = {
             "title": title, "trainable": report["trainable"], "percent": report["percent_trainable"],
             "peak_bytes": result.peak_bytes, "peak_split": result.peak_split, "step_s": result.median_step_time,
             "val_before": result.val_loss_before, "val_after": result.val_loss_after, "merge_diff": merge_diff,
-            "stored_bytes": stored, "sample_prompt": prompt,
-            "sample": _sample(model, tokenizer, prompt, device, stop=task == "far"),
+            "stored_bytes": stored, "sample_prompt": prompt, "base_sample": base_sample,
+            "sample": _sample(model, tokenizer, prompt, device, task),
         }
         del model
         memory.reset_peak()
