@@ -33,4 +33,6 @@ def test_the_demo_compares_both_tasks_and_records_its_numbers(tmp_path, capsys):
     record = json.loads((tmp_path / "demo.json").read_text())
     assert record["provenance"]["command"] and record["steps"] == 1
     assert record["tasks"]["near"]["lora"]["val_after"] == pytest.approx(results["near"]["lora"]["val_after"])
+    near = record["tasks"]["near"]
+    assert record["lora_vs_full"]["near"]["loss_ratio"] == pytest.approx(near["lora"]["val_after"] / near["full"]["val_after"])
     assert "base-mini, not tuned" in out and record["tasks"]["near"]["full"]["base_sample"] is not None

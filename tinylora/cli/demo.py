@@ -157,7 +157,10 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, 
     write_json_atomic(os.path.join(out_dir, "demo.json"), {
         "steps": steps, "seconds": seconds, "provenance": provenance(device=str(device or "cpu")),
         "tasks": {task: {m: {k: v for k, v in row.items() if k != "peak_split"} for m, row in rows.items()}
-                  for task, rows in results.items()}})
+                  for task, rows in results.items()},
+        "lora_vs_full": {task: {"loss_ratio": rows["lora"]["val_after"] / rows["full"]["val_after"],
+                                "share_of_gain": share_of_gain(rows["lora"], rows["full"])}
+                         for task, rows in results.items()}})
     print(f"\nplots: {out_dir}/<task>/demo.png   runs: {out_dir}/<task>/full, {out_dir}/<task>/lora   "
           f"numbers: {out_dir}/demo.json   total time {seconds:.0f} s")
     return results
@@ -203,12 +206,16 @@ def run_task(task: str, out_dir: str, steps: int, device=None) -> dict:
     return rows
 
 
-def _share(lora: dict, full: dict) -> str:
-    """(base - LoRA) / (base - full) as a percentage; no share when full fine-tuning gained nothing."""
+def share_of_gain(lora: dict, full: dict) -> float | None:
+    """(base - LoRA) / (base - full): the fraction of full fine-tuning's gain LoRA reached; None when full
+    fine-tuning gained nothing."""
     gain = full["val_before"] - full["val_after"]
-    if gain <= 0:
-        return "n/a (full fine-tuning did not improve)"
-    return f"{(lora['val_before'] - lora['val_after']) / gain:.0%}"
+    return None if gain <= 0 else (lora["val_before"] - lora["val_after"]) / gain
+
+
+def _share(lora: dict, full: dict) -> str:
+    share = share_of_gain(lora, full)
+    return "n/a (full fine-tuning did not improve)" if share is None else f"{share:.0%}"
 
 
 def print_table(rows: dict) -> None:
