@@ -7,8 +7,8 @@ rate: validation loss before and after, and the seconds the run took.
     OPENBLAS_NUM_THREADS=1 python benchmarks/lr_sweep.py 2e-3 1e-2 3e-2 6e-2
 """
 
+import argparse
 import json
-import sys
 import time
 
 from tinylora import manual_seed
@@ -32,4 +32,7 @@ def main(rates) -> None:
 
 
 if __name__ == "__main__":
-    main([float(a) for a in sys.argv[1:]] or [2e-3, 1e-2, 3e-2, 6e-2])
+    parser = argparse.ArgumentParser(description="LoRA r=4 on q,v at each learning rate, from base-mini")
+    parser.add_argument("rates", nargs="*", type=float, default=[2e-3, 1e-2, 3e-2, 6e-2],
+                        help="peak learning rates (default: 2e-3 1e-2 3e-2 6e-2)")
+    main(parser.parse_args().rates)

@@ -619,15 +619,17 @@ def test_training_off_a_terminal_prints_progress_lines(capsys, tmp_path, text_fi
 
 
 def test_one_learning_rate_default_for_lora_everywhere():
-    """The command, the demo and the tutorial use the one measured LoRA default (tinylora.train.loop.LORA_LR)."""
-    from tinylora.cli.demo import SETTINGS
+    """The command and the tutorials use the one measured LoRA default (tinylora.train.loop.LORA_LR); the demo's
+    LoRA on every Linear uses the package's named rate for that setting, LORA_EVERY_LINEAR_LR."""
+    from tinylora.cli.demo import LORA_TARGETS, SETTINGS
 
-    assert SETTINGS["lora"][0] == tl_train.LORA_LR
+    assert SETTINGS["lora"][0] == tl_train.LORA_EVERY_LINEAR_LR and len(LORA_TARGETS) == 6
     tutorial = os.path.join(os.path.dirname(__file__), "..", "tutorials", "04_lora_in_15_minutes.ipynb")
     cells = json.load(open(tutorial, encoding="utf-8"))["cells"]
     assert any("lr=LORA_LR" in "".join(cell["source"]) for cell in cells)
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    assert "LORA_LR = 3e-2" in readme and math.isclose(tl_train.LORA_LR, 3e-2)  # the README states the value
+    assert "LORA_LR = 3e-2" in readme and math.isclose(tl_train.LORA_LR, 3e-2)  # the README states the values
+    assert "LORA_EVERY_LINEAR_LR = 1e-2" in readme and math.isclose(tl_train.LORA_EVERY_LINEAR_LR, 1e-2)
 
 
 # ------------------------------------------------------------------ numerics: cross-entropy at extreme logits

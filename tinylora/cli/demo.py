@@ -44,13 +44,12 @@ from tinylora.model.generate import generate
 from tinylora.model.load import load_model, save_model
 from tinylora.nn import evaluating
 from tinylora.tokenizers import decode_text
-from tinylora.train.loop import FULL_LR, TrainConfig, eval_batches, train
+from tinylora.train.loop import FULL_LR, LORA_EVERY_LINEAR_LR, TrainConfig, eval_batches, train
 from tinylora.train.plot import plot_runs
 
 DEFAULT_STEPS = 150
 LORA_RANK = 8
 LORA_TARGETS = tuple(TARGETS)  # every Linear of a block: q, k, v, o, fc, proj
-LORA_EVERY_LINEAR_LR = 1e-2  # 9x the parameters of q,v LoRA prefer a smaller rate than LORA_LR (README, "Learning rates")
 SETTINGS = {  # method -> (learning rate, LoRA rank or None); the same as benchmarks/near_task.py's runs
     "full": (FULL_LR, None),
     "lora": (LORA_EVERY_LINEAR_LR, LORA_RANK),
@@ -140,6 +139,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, 
     if unknown or not tasks:
         raise ValueError(f"the demo's tasks are {', '.join(TASKS)}; got {list(tasks)!r}")
     os.makedirs(out_dir, exist_ok=True)
+    began = provenance(device=str(device or "cpu"))  # the code and machine as the run starts
     started = time.perf_counter()
     results = {task: run_task(task, out_dir, steps, device) for task in tasks}
     for task, rows in results.items():
@@ -155,7 +155,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, 
               "what the base knows;\nthe further the task is from it, the more a rank-8 update falls behind.")
     seconds = time.perf_counter() - started
     write_json_atomic(os.path.join(out_dir, "demo.json"), {
-        "steps": steps, "seconds": seconds, "provenance": provenance(device=str(device or "cpu")),
+        "steps": steps, "seconds": seconds, "provenance": began,
         "tasks": {task: {m: {k: v for k, v in row.items() if k != "peak_split"} for m, row in rows.items()}
                   for task, rows in results.items()},
         "lora_vs_full": {task: {"loss_ratio": rows["lora"]["val_after"] / rows["full"]["val_after"],

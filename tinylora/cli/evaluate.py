@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                                    "(sacrebleu), ROUGE-L F(beta=1.2) of the best precision and the best recall "
                                    "(tinylora). Needs: pip install sacrebleu (or 'tinylora[metrics]').")
     p.add_argument("--model", default=None,
-                   help="model folder or 'base-mini' (default: the base a LoRA adapter records, else base-mini)")
+                   help="model folder or a shipped base: base-mini, base-mini-384 (default: the base a LoRA adapter records, else base-mini)")
     p.add_argument("--adapter", default=None, help="adapter folder of any method (optional)")
     p.add_argument("--force", action="store_true", help="use the adapter on a base whose weights differ")
     p.add_argument("--data", required=True, help=".csv (mr,ref) or .jsonl (prompt,completion)")

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                                    "demo's task (README, 'Learning rates'). A flag of another method than the "
                                    "chosen one is an error (tinylora/methods/table.py says which method takes "
                                    "which flag).")
-    p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or 'base-mini'")
+    p.add_argument("--base", default="base-mini", help="model folder, Hugging Face GPT-2 folder, or a shipped base: base-mini, base-mini-384")
     p.add_argument("--data", required=True, help="UTF-8 text file/folder, .jsonl pairs, or E2E-style .csv (mr,ref)")
     p.add_argument("--method", choices=list(METHODS), default="lora",
                    help="; ".join(f"{name} ({row.help})" for name, row in METHODS.items()))

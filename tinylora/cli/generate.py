@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
                                    "With the same --seed, a model with its adapter and the merged model sample "
                                    "the same text.")
     p.add_argument("--model", default=None,
-                   help="model folder or 'base-mini' (default: the base the adapter records, else base-mini)")
+                   help="model folder or a shipped base: base-mini, base-mini-384 (default: the base the adapter records, else base-mini)")
     p.add_argument("--adapter", default=None, help="adapter folder written by finetune, any method (RUN/adapter or RUN/method)")
     p.add_argument("--force", action="store_true",
                    help="use the adapter even on a base whose weights differ from the one it was trained on")

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("info", help="parameter counts, with or without LoRA",
                        description="Count a model's parameters, and what LoRA of rank r on the chosen targets "
                                    "would train.")
-    p.add_argument("--model", default="base-mini", help="model folder, 'base-mini', or a preset such as gpt2")
+    p.add_argument("--model", default="base-mini", help="model folder, a shipped base (base-mini, base-mini-384), or a preset such as gpt2")
     p.add_argument("--rank", type=flags.POSITIVE_INT, default=None, help="also count LoRA of this rank (default: none)")
     p.add_argument("--targets", type=flags.targets, default="q,v", help="comma list of q,k,v,o,fc,proj")
     p.add_argument("--detail", action="store_true", help="one row per module (builds a preset's model)")
@@ -38,7 +38,7 @@ def describe_adapter(path) -> str:
         layers = "all blocks" if config.get("layers") is None else f"blocks {config['layers']}"
         rslora = {m.get("rslora", False) for m in config["modules"].values() if isinstance(m, dict)}
         what = (f"{'rsLoRA' if rslora == {True} else 'LoRA'} r={config.get('r')}, alpha={config.get('alpha')} on "
-                f"{','.join(map(str, config.get('targets') or []))} of {layers} ({len(config['modules'])} layers), "
+                f"{','.join(map(str, config.get('targets') or []))} of {layers} ({len(config['modules'])} adapted matrices), "
                 f"bias {config.get('bias')}")
         if isinstance(config.get("quantization"), dict):
             what += f", trained on the base quantized to {config['quantization'].get('method')} (QLoRA)"

@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge an adapter into its base: W = W0 + (alpha/r) B A",
                        description="Merge a LoRA adapter into its base model, W = W0 + (alpha/r) B A, and save "
                                    "the result as a plain model folder (no extra inference cost).")
-    p.add_argument("--base", default=None, help="model folder or 'base-mini' (default: the base the adapter records)")
+    p.add_argument("--base", default=None, help="model folder or a shipped base: base-mini, base-mini-384 (default: the base the adapter records)")
     p.add_argument("--adapter", required=True, help="adapter folder written by finetune, any method (RUN/adapter or RUN/method)")
     p.add_argument("--out", required=True, help="model folder to write (an existing one needs --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the model in --out if there is one")

@@ -26,7 +26,7 @@ from tinylora.io import _atomic_write, parse_json
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="batch generation over a JSONL of (adapter, prompt) requests",
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    p.add_argument("--model", default="base-mini", help="model folder or 'base-mini'")
+    p.add_argument("--model", default="base-mini", help="model folder or a shipped base: base-mini, base-mini-384")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="an adapter folder (save_adapter / finetune) served as NAME; repeat for more")
     p.add_argument("--force", action="store_true",

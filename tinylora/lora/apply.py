@@ -325,17 +325,20 @@ def parameter_report(model) -> dict:
     trainable = sum(row["trainable"] for row in rows)
     quantized = sum(row["quantized"] for row in rows)
     lora = sum(layer.lora_A.size + layer.lora_B.size for _, layer in lora_layers(model))
+    lora_frozen = sum(p.size for _, layer in lora_layers(model) for p in (layer.lora_A, layer.lora_B) if not p.requires_grad)
     percent = 100.0 * trainable / total if total else 0.0
     width = max([len(row["name"]) for row in rows] + [6])
     lines = [f"{'module':<{width}}  {'type':<12}  {'params':>13}  {'trainable':>13}"]
     lines += [f"{row['name']:<{width}}  {row['type']:<12}  {row['params']:>13,}  {row['trainable']:>13,}" for row in rows]
-    lines.append(count_line(trainable, total, lora, quantized))
+    lines.append(count_line(trainable, total, lora, quantized, lora_frozen))
     return {"total": total, "trainable": trainable, "lora": lora, "quantized": quantized, "percent_trainable": percent,
             "rows": rows, "text": "\n".join(lines)}
 
 
-def count_line(trainable: int, total: int, lora: int, quantized: int = 0) -> str:
+def count_line(trainable: int, total: int, lora: int, quantized: int = 0, lora_frozen: int = 0) -> str:
     """The one-line summary of `parameter_report` (also what `tinylora info` and `finetune` print)."""
     percent = 100.0 * trainable / total if total else 0.0
-    line = f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%), {lora:,} of them in LoRA's A and B"
+    line = f"trainable: {trainable:,} of {total:,} parameters ({percent:.4f}%); LoRA's A and B hold {lora:,}"
+    if lora_frozen:  # LoRA-FA: A is frozen
+        line += f" ({lora_frozen:,} of them frozen)"
     return line + (f"; of the {total:,}, {quantized:,} are stored in 4 bits (NF4)" if quantized else "")

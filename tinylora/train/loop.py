@@ -47,10 +47,13 @@ from tinylora.nn.module import evaluating
 from tinylora.optim import AdamW, LRScheduler, clip_grad_norm_
 from tinylora.train import checkpoint as ckpt
 
-# The default peak learning rates of the `tinylora` command, the demo and the tutorial (one place).
-# Measured on the demo's E2E-style task from base-mini (README, "Learning rates"):
-LORA_LR = 3e-2
+# The default peak learning rates of the `tinylora` command, the demo and the tutorials (one place).
+# Measured on the E2E-style task from base-mini (README, "Learning rates"):
+LORA_LR = 3e-2  # LoRA on W_q, W_v (the paper's targets; `tinylora finetune`'s default)
 FULL_LR = 1e-3
+# LoRA on every Linear of a block (9x the parameters of q,v at the same r) prefers a smaller rate: the rate
+# of the near-task runs (benchmarks/near_task.py) and of the demo's LoRA
+LORA_EVERY_LINEAR_LR = 1e-2
 
 
 @dataclass
