@@ -168,13 +168,14 @@ def run_demo(out_dir: str = "runs/demo", steps: int | None = None, device=None, 
 
 def run_task(task: str, out_dir: str, steps: int, device=None) -> dict:
     """Full fine-tuning and LoRA on one task; {method: row of measured numbers}."""
-    rows = {}
+    rows, base_sample = {}, None
     for method, (lr, rank) in SETTINGS.items():
         manual_seed(0)
         model, tokenizer = load_model("base-mini", device=device)
         train_set, val_set = _task_data(task, tokenizer, model.config.block_size)
         prompt = _sample_prompt(task, val_set, tokenizer)
-        base_sample = _sample(model, tokenizer, prompt, device, task)  # before any training: what the base writes
+        if base_sample is None:  # once per task, before any training: what the base writes
+            base_sample = _sample(model, tokenizer, prompt, device, task)
         if rank:
             apply_lora(model, r=rank, targets=LORA_TARGETS)
         report = parameter_report(model)
